@@ -1,0 +1,42 @@
+# creditwatch: `make run` and `make test` are the whole quick start.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= settings.toml
+
+.PHONY: run test install dev-install bench upgrade-db clean lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+
+# Installs the exact versions from the lock file, then the project itself (editable).
+$(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -r requirements-dev.lock
+	touch $@
+
+install: $(VENV)/.installed
+
+dev-install: $(VENV)/.dev-installed
+
+# Runs the worker on settings.toml with an SQLite file (the key comes from OPENROUTER_API_KEY).
+run: install
+	$(BIN)/creditwatch --config $(CONFIG) db upgrade
+	$(BIN)/creditwatch --config $(CONFIG) run
+
+test: dev-install
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: dev-install
+	$(BIN)/python bench/run.py
+
+lint: dev-install
+	$(BIN)/python -m pytest -q tests/test_migrations.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
