@@ -1,0 +1,3 @@
+"""creditwatch: watches an OpenRouter credit balance and alerts through apprise."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""The command line: the only module that prints or chooses an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
+
+from worker import __version__
+
+EX_USAGE = 64
+EX_CONFIG = 78
+EX_FAILURE = 1
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+log = logging.getLogger("creditwatch")
+
+
+class UsageError(Exception):
+    """A command-line mistake: one line, exit 64."""
+
+
+class ConfigError(Exception):
+    """Unusable settings: one `path: message` line per problem, exit 78."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line naming what is wrong, instead of argparse's usage block.
+        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
+        raise SystemExit(EX_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="creditwatch", description="Watch an OpenRouter credit balance and alert "
+                     "through apprise before it runs out.")
+    parser.add_argument("--config", metavar="PATH",
+                        help="settings file (default: $CREDITWATCH_CONFIG, else ./settings.toml)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="log verbosity on stderr (default INFO)")
+    parser.add_argument("--version", action="version", version=f"creditwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="the service: tick now and every schedule.interval until SIGTERM")
+    sub.add_parser("check", help="one tick now; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    status = sub.add_parser("status", help="latest balance, burn rate, runway, alerts, last fetch")
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    history = sub.add_parser("history", help="stored balance history, oldest first")
+    history.add_argument("--since", default="7d", metavar="DURATION", help='how far back (default "7d")')
+    history.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    notify = sub.add_parser("notify-test", help="send a test notification to one channel or all")
+    notify.add_argument("--channel", metavar="NAME", help="only this channel")
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_subparsers(dest="db_command", required=True, metavar="ACTION").add_parser(
+        "upgrade", help="apply the Alembic migrations")
+    config = sub.add_parser("config", help="settings tools")
+    config.add_subparsers(dest="config_command", required=True, metavar="ACTION").add_parser(
+        "check", help="validate the settings and print them resolved, secrets redacted")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `creditwatch` and `python -m worker`."""
+    args = build_parser().parse_args(argv)
+    from worker import commands  # the heavy imports live behind --help
+
+    handler: Callable[[argparse.Namespace, Mapping[str, str]], tuple[int, str]]
+    handler = commands.HANDLERS[_name(args)]
+    failure = commands.failure_code(_name(args))
+    try:
+        code, text = handler(args, os.environ)
+    except ConfigError as err:
+        for line in err.problems:
+            sys.stderr.write(f"{line}\n")
+        return EX_CONFIG
+    except UsageError as err:
+        sys.stderr.write(f"creditwatch: {err}\n")
+        return EX_USAGE
+    except commands.RuntimeProblem as err:
+        sys.stderr.write(f"creditwatch: {err}\n")
+        return failure
+    except KeyboardInterrupt:
+        return 130
+    if text:
+        sys.stdout.write(f"{text}\n")
+    return code
+
+
+def _name(args: argparse.Namespace) -> str:
+    if args.command == "db":
+        return "db upgrade"
+    if args.command == "config":
+        return "config check"
+    return str(args.command)
+
+
+def settings_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    return Path(args.config or environ.get("CREDITWATCH_CONFIG") or "settings.toml")
+
+
+def parse_since(text: str) -> timedelta:
+    from worker.durations import DurationError, parse_duration
+
+    try:
+        return parse_duration(text)
+    except DurationError as err:
+        raise UsageError(f"--since: {err}") from None

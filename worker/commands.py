@@ -1,0 +1,285 @@
+"""The commands behind the CLI: wiring settings, database, API and channels together.
+
+Handlers return (exit code, text for stdout); cli.py prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker import db, logs, store
+from worker.cli import EX_FAILURE, ConfigError, UsageError, parse_since, settings_path
+from worker.delivery import Channel, Delivered, check_urls
+from worker.domain import ExitCode, Reading
+from worker.forecast import burn_rate, runway_hours
+from worker.openrouter import Endpoint, new_session
+from worker.redact import Redactor, url_secrets
+from worker.reports import FiringAlert, LastFetch, StatusView
+from worker.settings import Settings, SettingsError, parse_settings
+
+log = logging.getLogger("creditwatch")
+
+
+class RuntimeProblem(Exception):
+    """Something outside the user's settings went wrong (database down...): one line."""
+
+
+@dataclass
+class Loaded:
+    settings: Settings
+    redact: Redactor
+    engine: Engine
+
+
+def failure_code(command: str) -> int:
+    """`check` speaks Nagios: a failure to even run the tick is UNKNOWN."""
+    return int(ExitCode.UNKNOWN) if command == "check" else EX_FAILURE
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str], need_key: bool = False) -> Loaded:
+    """Settings validated, secrets registered with the log redactor, engine built; nothing written."""
+    settings = _read_settings(settings_path(args, environ), environ)
+    redact = Redactor()
+    logs.setup(args.log_level, redact)
+    key = environ.get(settings.openrouter.api_key_env, "")
+    redact.add([key, *_db_secrets(settings)])
+    channels = {c.name: c.url.get_secret_value() for c in settings.channels}
+    for url in channels.values():
+        redact.add(url_secrets(url))
+    problems = check_urls(channels)
+    if need_key and not key:
+        problems.append(f"openrouter.api_key_env: environment variable {settings.openrouter.api_key_env} "
+                        "is not set or empty (it must hold an OpenRouter management key)")
+    if problems:
+        raise ConfigError([redact(p) for p in problems])
+    return Loaded(settings, redact, _engine(settings, redact))
+
+
+def _read_settings(path: Path, environ: Mapping[str, str]) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"settings: cannot read {path}: {err.strerror or err}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"settings: {path} is not UTF-8 text"]) from None
+    try:
+        return parse_settings(text, environ)
+    except SettingsError as err:
+        raise ConfigError(err.problems) from None
+
+
+def _db_secrets(settings: Settings) -> list[str]:
+    from sqlalchemy.engine import make_url
+
+    raw = settings.database.url.get_secret_value()
+    try:
+        password = make_url(raw).password
+    except Exception:  # noqa: BLE001 - reported as a config error by _engine
+        return [raw]
+    return [str(password)] if password else []
+
+
+def _engine(settings: Settings, redact: Redactor) -> Engine:
+    url = settings.database.url.get_secret_value()
+    try:
+        return db.make_engine(url)
+    except Exception as err:  # noqa: BLE001 - ArgumentError, missing driver...: the URL is unusable
+        raise ConfigError([f"database.url: cannot use {db.redacted_url(url)}: {redact(_first_line(err))}"]) from None
+
+
+def _first_line(err: BaseException) -> str:
+    orig = getattr(err, "orig", None)
+    text = str(orig if orig is not None else err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def database_problem(err: SQLAlchemyError, loaded: Loaded) -> RuntimeProblem:
+    url = db.redacted_url(loaded.settings.database.url.get_secret_value())
+    return RuntimeProblem(loaded.redact(f"database {url}: {_first_line(err)}"))
+
+
+def migrate(loaded: Loaded) -> None:
+    try:
+        db.upgrade(loaded.engine)
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+
+
+def _require_schema(loaded: Loaded) -> None:
+    try:
+        ready = inspect(loaded.engine).has_table("alembic_version")
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+    if not ready:
+        raise RuntimeProblem("the database has no creditwatch tables yet; run `creditwatch db upgrade` "
+                             "or `creditwatch check` first")
+
+
+# -- run and check ---------------------------------------------------------------------------
+
+
+def _tick_deps(loaded: Loaded, environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    from worker.tick import Deps
+
+    o = loaded.settings.openrouter
+    endpoint = Endpoint(o.base_url, environ[o.api_key_env], o.timeout.total_seconds())
+    channels = {c.name: Channel(c.name, c.url.get_secret_value()) for c in loaded.settings.channels}
+    return Deps(loaded.settings, store.sessions(loaded.engine), new_session(), endpoint, channels, loaded.redact)
+
+
+def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.tick import run_tick, summary_line
+
+    loaded = load(args, environ, need_key=True)
+    migrate(loaded)
+    try:
+        report = run_tick(_tick_deps(loaded, environ), db.now_utc())
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+    log.info(summary_line(report))
+    return int(report.exit_code), nagios_line(report)
+
+
+def nagios_line(report) -> str:  # type: ignore[no-untyped-def]
+    from worker.rules import hours_text, money
+
+    code = report.exit_code
+    parts = []
+    if report.latest is not None:
+        parts.append(f"{money(report.latest.remaining)} remaining")
+    if report.burn_per_hour is not None:
+        parts.append(f"burning ${report.burn_per_hour:,.2f}/h")
+    if report.runway_hours is not None:
+        parts.append(f"about {hours_text(report.runway_hours)} left")
+    if not report.outcome.ok:
+        parts.append(f"fetch failed: {report.outcome.message}")
+    firing = ", ".join(f"{name} ({sev.value})" for name, sev in report.firing)
+    parts.append(f"firing: {firing}" if firing else "nothing firing")
+    perf = f" | remaining={report.latest.remaining:.2f}" if report.latest else ""
+    return f"CREDITWATCH {code.name} - {'; '.join(parts)}{perf}"
+
+
+def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.service import serve
+    from worker.tick import GUARD_MARGIN, SEND_TIMEOUT, run_tick, summary_line
+
+    loaded = load(args, environ, need_key=True)
+    migrate(loaded)
+    deps = _tick_deps(loaded, environ)
+
+    def tick() -> None:
+        try:
+            log.info(summary_line(run_tick(deps, db.now_utc())))
+        except SQLAlchemyError as err:
+            log.error("tick failed, will retry at the next one: %s", database_problem(err, loaded))
+        except Exception as err:  # noqa: BLE001 - the service outlives any one tick's bug
+            log.error("tick failed, will retry at the next one: %s", loaded.redact(repr(err)))
+
+    budget = loaded.settings.openrouter.timeout.total_seconds() + GUARD_MARGIN + SEND_TIMEOUT + 30
+    return serve(tick, loaded.settings.schedule.interval, budget), ""
+
+
+# -- read-only commands ------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.reports import status_json, status_text
+
+    loaded = load(args, environ)
+    _require_schema(loaded)
+    try:
+        view = status_view(loaded, db.now_utc())
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+    return 0, status_json(view) if args.json else status_text(view)
+
+
+def status_view(loaded: Loaded, now):  # type: ignore[no-untyped-def]
+    settings = loaded.settings
+    window = settings.forecast.window
+    with store.sessions(loaded.engine)() as session:
+        latest = store.latest_reading(session)
+        history = store.readings_between(session, now - window, now)
+        attempt = store.last_attempt(session)
+        names = [r.name for r in settings.rules]
+        firing = store.firing_alerts(session, names)
+        undelivered = store.undelivered_count(session)
+    burn = burn_rate(history, now, window)
+    runway = runway_hours(latest.remaining, burn) if latest else None
+    last = LastFetch(attempt.at, attempt.kind == "ok", attempt.message) if attempt else None
+    alerts = [FiringAlert(a.rule, a.severity, a.firing_since, a.summary) for a in firing]
+    return StatusView(latest, burn, runway, window, last, alerts, undelivered)
+
+
+def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.reports import history_csv, history_json, history_table
+
+    since = parse_since(args.since)
+    loaded = load(args, environ)
+    _require_schema(loaded)
+    now = db.now_utc()
+    try:
+        with store.sessions(loaded.engine)() as session:
+            readings: list[Reading] = store.readings_between(session, now - since, now)
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+    render = {"json": history_json, "csv": history_csv, "table": history_table}[args.format]
+    return 0, render(readings)
+
+
+# -- notify-test, db upgrade, config check ---------------------------------------------------
+
+
+def cmd_notify_test(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.tick import SEND_TIMEOUT
+
+    loaded = load(args, environ)
+    chosen = [c for c in loaded.settings.channels if args.channel in (None, c.name)]
+    if args.channel is not None and not chosen:
+        names = ", ".join(c.name for c in loaded.settings.channels) or "none configured"
+        raise UsageError(f"--channel: no channel named {args.channel!r} (channels: {names})")
+    if not chosen:
+        raise UsageError("no channels are configured in the settings")
+    lines, ok = [], True
+    for channel in chosen:
+        result = Channel(channel.name, channel.url.get_secret_value()).send(
+            "creditwatch test notification",
+            f"This is a test from creditwatch to channel {channel.name!r}. If you can read it, "
+            "alerts will reach you here.", "info", SEND_TIMEOUT)
+        accepted = isinstance(result, Delivered)
+        ok = ok and accepted
+        lines.append(f"{channel.name}: " + ("accepted" if accepted else f"FAILED: {loaded.redact(result.reason)}"))
+    return (0 if ok else EX_FAILURE), "\n".join(lines)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    loaded = load(args, environ)
+    migrate(loaded)
+    return 0, f"database {db.redacted_url(loaded.settings.database.url.get_secret_value())} is up to date"
+
+
+def cmd_config_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.config_view import render_settings
+
+    loaded = load(args, environ)
+    key_set = bool(environ.get(loaded.settings.openrouter.api_key_env))
+    return 0, render_settings(loaded.settings, key_set)
+
+
+HANDLERS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "status": cmd_status,
+    "history": cmd_history,
+    "notify-test": cmd_notify_test,
+    "db upgrade": cmd_db_upgrade,
+    "config check": cmd_config_check,
+}

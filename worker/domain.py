@@ -1,0 +1,129 @@
+"""Plain values that flow through the core: readings, fetch outcomes, alerts, messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum, StrEnum
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class FetchKind(StrEnum):
+    OK = "ok"
+    AUTH = "auth"
+    TRANSIENT = "transient"
+    BAD_RESPONSE = "bad_response"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One stored balance: what `GET /credits` said at `fetched_at` (UTC)."""
+
+    fetched_at: datetime
+    total_credits: float
+    total_usage: float
+
+    @property
+    def remaining(self) -> float:
+        return self.total_credits - self.total_usage
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutcome:
+    """The result of one fetch, success or a classified failure; never raises."""
+
+    kind: FetchKind
+    total_credits: float | None = None
+    total_usage: float | None = None
+    message: str = ""
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is FetchKind.OK
+
+
+@dataclass(frozen=True, slots=True)
+class FetchStreak:
+    """The run of failed fetches up to now: its length and whether any was an auth failure."""
+
+    failures: int = 0
+    auth: bool = False
+    last_error: str | None = None
+
+
+class Condition(StrEnum):
+    """What a rule says this tick: TRUE, FALSE, or UNKNOWN (keep the alert as it was)."""
+
+    TRUE = "true"
+    FALSE = "false"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A rule's verdict on the history, with the sentence that explains it."""
+
+    condition: Condition
+    summary: str = ""
+
+
+class Status(StrEnum):
+    INACTIVE = "inactive"
+    PENDING = "pending"
+    FIRING = "firing"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """Where one rule's alert stands; `period` counts the times it has started firing."""
+
+    rule: str
+    status: Status = Status.INACTIVE
+    pending_since: datetime | None = None
+    firing_since: datetime | None = None
+    last_sent_at: datetime | None = None
+    period: int = 0
+    repeats: int = 0
+    summary: str = ""
+
+    @property
+    def firing(self) -> bool:
+        return self.status is Status.FIRING
+
+
+class Reason(StrEnum):
+    """Why the lifecycle does or does not send a notification this tick."""
+
+    FIRST = "first"
+    REPEAT = "repeat"
+    RESOLVED = "resolved"
+    NONE = "none"
+
+
+class ExitCode(IntEnum):
+    """Nagios plugin codes returned by `check`."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A rendered notification for one channel, ready for the outbox."""
+
+    rule: str
+    channel: str
+    reason: Reason
+    severity: Severity
+    title: str
+    body: str
+    notify_type: str
+    key: str

@@ -1,0 +1,54 @@
+"""Durations as operators write them: "30s", "5m", "1h30m", "2d"."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+)(d|h|m|s)")
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_ORDER = "dhms"
+# Anything longer is a typo, and timedelta overflows past ~2.7 million years.
+MAX_SECONDS = 100 * 365 * 86400
+
+
+class DurationError(ValueError):
+    """A string that is not a duration."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse "1h30m"-style text into a positive timedelta, or raise DurationError."""
+    if not isinstance(text, str) or not text.strip():
+        msg = 'expected a duration such as "30s", "5m", "1h30m" or "1d"'
+        raise DurationError(msg)
+    compact = text.strip()
+    parts = _PART.findall(compact)
+    if "".join(n + u for n, u in parts) != compact or not _in_order([u for _, u in parts]):
+        msg = f'{text!r} is not a duration such as "30s", "5m", "1h30m" or "1d"'
+        raise DurationError(msg)
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        msg = f"{text!r} must be longer than zero"
+        raise DurationError(msg)
+    if seconds > MAX_SECONDS:
+        msg = f"{text!r} is longer than 100 years"
+        raise DurationError(msg)
+    return timedelta(seconds=seconds)
+
+
+def _in_order(units: list[str]) -> bool:
+    indices = [_ORDER.index(u) for u in units]
+    return indices == sorted(set(indices))
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta back into the shortest "1h30m" form (seconds precision)."""
+    seconds = int(value.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    out = []
+    for unit in _ORDER:
+        count, seconds = divmod(seconds, _UNITS[unit])
+        if count:
+            out.append(f"{count}{unit}")
+    return "".join(out)

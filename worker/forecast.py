@@ -1,0 +1,52 @@
+"""Burn rate and runway from stored readings; None means unknown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from worker.domain import Reading
+
+
+def burn_rate(readings: Sequence[Reading], now: datetime, window: timedelta) -> float | None:
+    """USD spent per hour over `window` before `now`: least-squares slope of total_usage.
+
+    Only total_usage counts, so a top-up or refund (total_credits moving) is never
+    negative or hidden burn. A drop in total_usage (a reset, a clock step back) adds
+    nothing, so the rate is never negative. Fewer than two readings is unknown.
+    """
+    inside = sorted((r for r in readings if now - window <= r.fetched_at <= now), key=_at)
+    if len(inside) < 2:
+        return None
+    start = inside[0].fetched_at
+    xs = [(r.fetched_at - start).total_seconds() / 3600 for r in inside]
+    if xs[-1] - xs[0] <= 0:
+        return None
+    return _slope(xs, _monotone_usage(inside))
+
+
+def _at(reading: Reading) -> datetime:
+    return reading.fetched_at
+
+
+def _monotone_usage(readings: Sequence[Reading]) -> list[float]:
+    """total_usage with every decrease flattened to zero spend."""
+    out = [0.0]
+    for before, after in zip(readings, readings[1:]):
+        out.append(out[-1] + max(0.0, after.total_usage - before.total_usage))
+    return out
+
+
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    return max(0.0, sxy / sxx)
+
+
+def runway_hours(remaining: float, rate: float | None) -> float | None:
+    """Hours until remaining reaches zero at `rate` USD/h; unknown without a positive burn."""
+    if rate is None or rate <= 0:
+        return None
+    return max(0.0, remaining) / rate

@@ -1,0 +1,91 @@
+"""Render a lifecycle transition into a title, a body and an apprise notify type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from worker.domain import AlertState, Reading, Reason, Severity
+from worker.durations import format_duration
+from worker.rules import hours_text, money
+
+# apprise's NotifyType values, spelled out so the core never imports apprise.
+NOTIFY_TYPES = {
+    Severity.CRITICAL: "failure",
+    Severity.WARNING: "warning",
+    Severity.INFO: "info",
+}
+RESOLVED_TYPE = "success"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The balance and forecast that every message carries where known."""
+
+    latest: Reading | None
+    burn_per_hour: float | None
+    runway_hours: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    title: str
+    body: str
+    notify_type: str
+    key: str
+
+
+def render(
+    state: AlertState, reason: Reason, severity: Severity, ctx: Context, now: datetime
+) -> Rendered:
+    """The notification for `reason` on `state` (which is the state after the step)."""
+    key = idempotency_key(state, reason)
+    if reason is Reason.RESOLVED:
+        title = f"[RESOLVED] creditwatch: {state.rule} resolved"
+        head = f"{state.rule} is resolved: {state.summary}." if state.summary else f"{state.rule} is resolved."
+        return Rendered(title, _body(head, ctx, key), RESOLVED_TYPE, key)
+    label = severity.value.upper()
+    still = " (still firing)" if reason is Reason.REPEAT else ""
+    title = f"[{label}] creditwatch: {state.rule}{still}"
+    head = f"{state.rule} is firing: {state.summary}."
+    if reason is Reason.REPEAT and state.firing_since is not None:
+        head += f" Firing for {format_duration(now - state.firing_since)}."
+    return Rendered(title, _body(head, ctx, key), NOTIFY_TYPES[severity], key)
+
+
+def _body(head: str, ctx: Context, key: str) -> str:
+    lines = [head, balance_line(ctx)]
+    forecast = forecast_line(ctx)
+    if forecast:
+        lines.append(forecast)
+    lines.append(f"ref: {key}")
+    return "\n".join(lines)
+
+
+def balance_line(ctx: Context) -> str:
+    r = ctx.latest
+    if r is None:
+        return "No balance has been read yet."
+    return (
+        f"Balance: {money(r.remaining)} remaining of {money(r.total_credits)} "
+        f"(used {money(r.total_usage)}) at {iso(r.fetched_at)}."
+    )
+
+
+def forecast_line(ctx: Context) -> str:
+    if ctx.burn_per_hour is None:
+        return ""
+    text = f"Burning ${ctx.burn_per_hour:,.2f}/h"
+    if ctx.runway_hours is not None:
+        text += f", about {hours_text(ctx.runway_hours)} left"
+    return text + "."
+
+
+def idempotency_key(state: AlertState, reason: Reason) -> str:
+    """Stable per transition, so a receiver can spot the rare duplicate after a crash."""
+    suffix = f"repeat-{state.repeats}" if reason is Reason.REPEAT else reason.value
+    return f"{state.rule}#{state.period}/{suffix}"
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,128 @@
+"""What `status` and `history` print: text tables, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.domain import Reading
+from worker.durations import format_duration
+from worker.messages import iso
+from worker.rules import hours_text, money
+
+
+@dataclass(frozen=True)
+class LastFetch:
+    at: datetime
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class FiringAlert:
+    rule: str
+    severity: str
+    since: datetime | None
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusView:
+    latest: Reading | None
+    burn_per_hour: float | None
+    runway_hours: float | None
+    window: timedelta
+    last_fetch: LastFetch | None
+    alerts: Sequence[FiringAlert]
+    undelivered: int
+
+
+def status_json(view: StatusView) -> str:
+    r = view.latest
+    doc: dict[str, Any] = {
+        "fetched_at": iso(r.fetched_at) if r else None,
+        "total_credits": r.total_credits if r else None,
+        "total_usage": r.total_usage if r else None,
+        "remaining": r.remaining if r else None,
+        "burn_rate_per_hour": view.burn_per_hour,
+        "runway_hours": view.runway_hours,
+        "forecast_window": format_duration(view.window),
+        "last_fetch": _last_fetch(view.last_fetch),
+        "alerts": [
+            {"rule": a.rule, "severity": a.severity, "since": iso(a.since) if a.since else None,
+             "message": a.message}
+            for a in view.alerts
+        ],
+        "undelivered_notifications": view.undelivered,
+    }
+    return json.dumps(doc, indent=2)
+
+
+def _last_fetch(last: LastFetch | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    return {"at": iso(last.at), "ok": last.ok, "error": last.error}
+
+
+def status_text(view: StatusView) -> str:
+    r = view.latest
+    window = format_duration(view.window)
+    lines = [
+        _row("balance", f"{money(r.remaining)} remaining of {money(r.total_credits)} "
+                        f"(used {money(r.total_usage)}) at {iso(r.fetched_at)}" if r else "no reading yet"),
+        _row("burn rate", f"${view.burn_per_hour:,.2f}/h over {window}" if view.burn_per_hour is not None
+             else f"unknown (needs two readings in {window})"),
+        _row("runway", hours_text(view.runway_hours) if view.runway_hours is not None else "unknown"),
+        _row("last fetch", _fetch_text(view.last_fetch)),
+    ]
+    if view.alerts:
+        lines.append(_row("alerts", f"{len(view.alerts)} firing"))
+        lines += [f"  {a.severity.upper():<8} {a.rule} since {iso(a.since) if a.since else '?'}: {a.message}"
+                  for a in view.alerts]
+    else:
+        lines.append(_row("alerts", "none firing"))
+    if view.undelivered:
+        lines.append(_row("outbox", f"{view.undelivered} notification(s) waiting for delivery"))
+    return "\n".join(lines)
+
+
+def _row(label: str, value: str) -> str:
+    return f"{label:<11} {value}"
+
+
+def _fetch_text(last: LastFetch | None) -> str:
+    if last is None:
+        return "never"
+    return f"ok at {iso(last.at)}" if last.ok else f"FAILED at {iso(last.at)}: {last.error}"
+
+
+def history_json(readings: Sequence[Reading]) -> str:
+    return json.dumps([_history_row(r) for r in readings], indent=2)
+
+
+def _history_row(r: Reading) -> dict[str, Any]:
+    return {"fetched_at": iso(r.fetched_at), "total_credits": r.total_credits,
+            "total_usage": r.total_usage, "remaining": r.remaining}
+
+
+def history_csv(readings: Sequence[Reading]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["fetched_at", "total_credits", "total_usage", "remaining"])
+    for r in readings:
+        writer.writerow([iso(r.fetched_at), repr(r.total_credits), repr(r.total_usage), repr(r.remaining)])
+    return out.getvalue().rstrip("\n")
+
+
+def history_table(readings: Sequence[Reading]) -> str:
+    if not readings:
+        return "no readings in this period"
+    header = f"{'fetched_at':<20}  {'credits':>12}  {'usage':>12}  {'remaining':>12}"
+    rows = [f"{iso(r.fetched_at):<20}  {money(r.total_credits):>12}  {money(r.total_usage):>12}  "
+            f"{money(r.remaining):>12}" for r in readings]
+    return "\n".join([header, *rows])

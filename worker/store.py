@@ -1,0 +1,172 @@
+"""Every query creditwatch makes. Functions take a Session; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.db import PG_TICK_LOCK
+from worker.domain import AlertState, FetchKind, FetchOutcome, FetchStreak, Message, Reading, Severity, Status
+from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow
+
+PENDING, SENDING, FAILED, DELIVERED = "pending", "sending", "failed", "delivered"
+
+
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def tick_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One write transaction; on PostgreSQL, replicas' ticks take turns."""
+    with factory.begin() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_TICK_LOCK})
+        yield session
+
+
+def record_fetch(session: Session, now: datetime, outcome: FetchOutcome) -> FetchStreak:
+    """Store the attempt (and the reading when ok); return the failure streak it makes."""
+    previous = session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
+    if outcome.ok:
+        streak = FetchStreak()
+        session.add(ReadingRow(fetched_at=now, total_credits=outcome.total_credits, total_usage=outcome.total_usage))
+    else:
+        before = previous.streak if previous else 0
+        auth_before = bool(previous and previous.streak_auth)
+        streak = FetchStreak(before + 1, auth_before or outcome.kind is FetchKind.AUTH, outcome.message)
+    session.add(
+        FetchAttemptRow(
+            at=now, kind=outcome.kind.value, message=outcome.message[:500] or None,
+            streak=streak.failures, streak_auth=streak.auth,
+        )
+    )
+    return streak
+
+
+def last_attempt(session: Session) -> FetchAttemptRow | None:
+    return session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
+
+
+def latest_reading(session: Session) -> Reading | None:
+    row = session.scalars(select(ReadingRow).order_by(ReadingRow.id.desc()).limit(1)).first()
+    return _reading(row) if row else None
+
+
+def readings_between(session: Session, start: datetime, end: datetime) -> list[Reading]:
+    """Readings with start <= fetched_at <= end, oldest first: an index range scan."""
+    query = (
+        select(ReadingRow)
+        .where(ReadingRow.fetched_at >= start, ReadingRow.fetched_at <= end)
+        .order_by(ReadingRow.fetched_at, ReadingRow.id)
+    )
+    return [_reading(r) for r in session.scalars(query)]
+
+
+def _reading(row: ReadingRow) -> Reading:
+    return Reading(row.fetched_at, row.total_credits, row.total_usage)
+
+
+def load_states(session: Session, rules: Iterable[str]) -> dict[str, AlertState]:
+    names = list(rules)
+    rows = session.scalars(select(AlertStateRow).where(AlertStateRow.rule.in_(names)))
+    found = {row.rule: _state(row) for row in rows}
+    return {name: found.get(name, AlertState(rule=name)) for name in names}
+
+
+def _state(row: AlertStateRow) -> AlertState:
+    return AlertState(
+        rule=row.rule, status=Status(row.status), pending_since=row.pending_since,
+        firing_since=row.firing_since, last_sent_at=row.last_sent_at,
+        period=row.period, repeats=row.repeats, summary=row.summary,
+    )
+
+
+def save_state(session: Session, state: AlertState, severity: Severity, now: datetime) -> None:
+    row = session.get(AlertStateRow, state.rule) or AlertStateRow(rule=state.rule)
+    row.status = state.status.value
+    row.severity = severity.value
+    row.pending_since = state.pending_since
+    row.firing_since = state.firing_since
+    row.last_sent_at = state.last_sent_at
+    row.period = state.period
+    row.repeats = state.repeats
+    row.summary = state.summary[:500]
+    row.updated_at = now
+    session.add(row)
+
+
+def firing_alerts(session: Session, rules: Iterable[str]) -> list[AlertStateRow]:
+    query = select(AlertStateRow).where(
+        AlertStateRow.status == Status.FIRING.value, AlertStateRow.rule.in_(list(rules))
+    ).order_by(AlertStateRow.firing_since)
+    return list(session.scalars(query))
+
+
+def enqueue(session: Session, messages: Sequence[Message], now: datetime) -> None:
+    for m in messages:
+        session.add(
+            OutboxRow(
+                created_at=now, rule=m.rule, channel=m.channel, reason=m.reason.value,
+                severity=m.severity.value, key=m.key, title=m.title, body=m.body,
+                notify_type=m.notify_type, status=PENDING, attempts=0,
+            )
+        )
+
+
+def due_ids(session: Session, channel: str, now: datetime, limit: int = 100) -> list[int]:
+    """The channel's undelivered rows, oldest first (expired claims included)."""
+    claimable = (OutboxRow.status.in_((PENDING, FAILED))) | (
+        (OutboxRow.status == SENDING) & (OutboxRow.claimed_until < now)
+    )
+    query = (
+        select(OutboxRow.id)
+        .where(OutboxRow.channel == channel, OutboxRow.status.in_((PENDING, FAILED, SENDING)))
+        .where(claimable)
+        .order_by(OutboxRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def claim(session: Session, row_id: int, now: datetime, lease: timedelta) -> OutboxRow | None:
+    """Take one row for sending with a conditional UPDATE; None if someone else holds it."""
+    claimable = (OutboxRow.status.in_((PENDING, FAILED))) | (
+        (OutboxRow.status == SENDING) & (OutboxRow.claimed_until < now)
+    )
+    result = session.execute(
+        update(OutboxRow)
+        .where(OutboxRow.id == row_id, claimable)
+        .values(status=SENDING, claimed_until=now + lease, attempts=OutboxRow.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(OutboxRow, row_id, populate_existing=True)
+
+
+def mark_delivered(session: Session, row_id: int, now: datetime) -> None:
+    session.execute(
+        update(OutboxRow).where(OutboxRow.id == row_id)
+        .values(status=DELIVERED, delivered_at=now, claimed_until=None, last_error=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def mark_failed(session: Session, row_id: int, reason: str) -> None:
+    session.execute(
+        update(OutboxRow).where(OutboxRow.id == row_id, OutboxRow.status == SENDING)
+        .values(status=FAILED, claimed_until=None, last_error=reason[:500])
+        .execution_options(synchronize_session=False)
+    )
+
+
+def undelivered_count(session: Session) -> int:
+    from sqlalchemy import func
+
+    query = select(func.count()).select_from(OutboxRow).where(OutboxRow.status != DELIVERED)
+    return int(session.scalar(query) or 0)

@@ -1,0 +1,242 @@
+"""One tick, the same for `check` and every scheduled run: fetch, store, evaluate, notify, deliver."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import requests
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker import store
+from worker.delivery import Channel, Delivered, Failed
+from worker.domain import (
+    AlertState,
+    ExitCode,
+    FetchKind,
+    FetchOutcome,
+    FetchStreak,
+    Message,
+    Reading,
+    Reason,
+    Severity,
+)
+from worker.forecast import burn_rate, runway_hours
+from worker.lifecycle import Policy, notifies, step
+from worker.messages import Context, render
+from worker.openrouter import Endpoint, fetch_credits
+from worker.redact import Redactor
+from worker.rules import Facts, evaluate
+from worker.settings import Rule, Settings
+from worker.verdict import exit_code
+
+log = logging.getLogger("creditwatch.tick")
+T = TypeVar("T")
+
+SEND_TIMEOUT = 15.0  # one apprise call, all its targets included
+LEASE = timedelta(seconds=2 * SEND_TIMEOUT)  # a claim outlives the send it covers
+GUARD_MARGIN = 2.0
+
+
+@dataclass
+class Deps:
+    """Everything a tick touches, built once by the shell."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    http: requests.Session
+    endpoint: Endpoint
+    channels: Mapping[str, Channel]
+    redact: Redactor = field(default_factory=Redactor)
+
+
+@dataclass(frozen=True)
+class Transition:
+    rule: str
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class TickReport:
+    outcome: FetchOutcome
+    latest: Reading | None
+    burn_per_hour: float | None
+    runway_hours: float | None
+    transitions: list[Transition]
+    firing: list[tuple[str, Severity]]
+    delivered: int
+    failed: int
+    seconds: float
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code((s for _, s in self.firing), self.outcome.ok)
+
+
+def run_tick(deps: Deps, now: datetime) -> TickReport:
+    """Run one tick at wall-clock `now`; database errors propagate to the shell."""
+    started = time.monotonic()
+    outcome = fetch_bounded(deps)
+    evaluated = _store_and_evaluate(deps, now, outcome)
+    delivered, failed = deliver(deps, now)
+    return TickReport(
+        outcome, evaluated.latest, evaluated.burn, evaluated.runway, evaluated.transitions,
+        evaluated.firing, delivered, failed, time.monotonic() - started,
+    )
+
+
+def fetch_bounded(deps: Deps) -> FetchOutcome:
+    """The fetch, with a last-resort wall-clock guard around all of it (headers included)."""
+    limit = deps.endpoint.timeout + GUARD_MARGIN
+    timed_out = FetchOutcome(FetchKind.TRANSIENT, message=f"timed out after {deps.endpoint.timeout:g}s")
+    return _bounded(lambda: fetch_credits(deps.http, deps.endpoint), limit, timed_out)
+
+
+def _bounded(fn: Callable[[], T], seconds: float, fallback: T) -> T:
+    box: list[T] = []
+    worker = threading.Thread(target=lambda: box.append(fn()), daemon=True, name="cw-bounded")
+    worker.start()
+    worker.join(seconds)
+    return box[0] if box else fallback
+
+
+@dataclass
+class _Evaluated:
+    latest: Reading | None
+    burn: float | None
+    runway: float | None
+    transitions: list[Transition]
+    firing: list[tuple[str, Severity]]
+
+
+def _store_and_evaluate(deps: Deps, now: datetime, outcome: FetchOutcome) -> _Evaluated:
+    settings = deps.settings
+    with store.tick_transaction(deps.sessions) as session:
+        streak = store.record_fetch(session, now, outcome)
+        session.flush()
+        history = store.readings_between(session, now - settings.history_span, now)
+        fresh = Reading(now, outcome.total_credits or 0.0, outcome.total_usage or 0.0) if outcome.ok else None
+        known = fresh or store.latest_reading(session)
+        burn = burn_rate(history, now, settings.forecast.window)
+        runway = runway_hours(known.remaining, burn) if known else None
+        ctx = Context(known, burn, runway)
+        states = store.load_states(session, [r.name for r in settings.rules])
+        transitions, messages, final = _step_all(deps, now, Facts(now, fresh, history, streak), states, ctx)
+        for rule, state in final.items():
+            if state != states[rule.name]:
+                store.save_state(session, state, rule.severity, now)
+        store.enqueue(session, messages, now)
+    firing = [(r.name, r.severity) for r, s in final.items() if s.firing]
+    return _Evaluated(known, burn, runway, transitions, firing)
+
+
+def _step_all(
+    deps: Deps, now: datetime, facts: Facts, states: dict[str, AlertState], ctx: Context
+) -> tuple[list[Transition], list[Message], dict[Rule, AlertState]]:
+    transitions: list[Transition] = []
+    messages: list[Message] = []
+    final: dict[Rule, AlertState] = {}
+    for rule in deps.settings.rules:
+        prev = states[rule.name]
+        final[rule] = prev
+        try:
+            evaluation = evaluate(rule, _facts_for(facts, prev))
+        except Exception as err:  # noqa: BLE001 - one broken rule must not stop the others
+            log.error("rule %s failed and was skipped: %s", rule.name, deps.redact(repr(err)))
+            continue
+        policy = _policy(deps.settings, rule)
+        state, reason = step(prev, evaluation, now, policy)
+        final[rule] = state
+        if reason is not Reason.NONE:
+            transitions.append(Transition(rule.name, reason))
+        if notifies(reason, policy):
+            messages += _messages(deps.settings, rule, state, reason, ctx, now)
+    return transitions, messages, final
+
+
+def _facts_for(facts: Facts, prev: AlertState) -> Facts:
+    return Facts(facts.now, facts.latest, facts.history, facts.streak, prev.firing)
+
+
+def _policy(settings: Settings, rule: Rule) -> Policy:
+    return Policy(rule.pending_for, settings.alerts.repeat_interval, settings.alerts.send_resolved)
+
+
+def _messages(
+    settings: Settings, rule: Rule, state: AlertState, reason: Reason, ctx: Context, now: datetime
+) -> list[Message]:
+    rendered = render(state, reason, rule.severity, ctx, now)
+    return [
+        Message(rule.name, channel, reason, rule.severity, rendered.title, rendered.body,
+                rendered.notify_type, rendered.key)
+        for channel in settings.channels_for(rule)
+    ]
+
+
+def deliver(deps: Deps, now: datetime) -> tuple[int, int]:
+    """Send every due outbox row, one thread per channel so a dead one delays no other."""
+    counts: dict[str, tuple[int, int]] = {}
+    threads = [
+        threading.Thread(target=_deliver_channel, args=(deps, ch, now, counts), daemon=True,
+                         name=f"cw-deliver-{name}")
+        for name, ch in deps.channels.items()
+    ]
+    for t in threads:
+        t.start()
+    budget = time.monotonic() + SEND_TIMEOUT + 10
+    for t in threads:
+        t.join(max(0.0, budget - time.monotonic()))
+    return sum(d for d, _ in counts.values()), sum(f for _, f in counts.values())
+
+
+def _deliver_channel(deps: Deps, channel: Channel, now: datetime, counts: dict[str, tuple[int, int]]) -> None:
+    delivered = failed = 0
+    try:
+        with deps.sessions() as session:
+            ids = store.due_ids(session, channel.name, now)
+        for row_id in ids:
+            ok = _deliver_one(deps, channel, row_id, now)
+            if ok is None:
+                continue
+            delivered, failed = delivered + ok, failed + (not ok)
+            if not ok:
+                break  # keep the channel's messages in order: later ones wait behind this one
+    except Exception as err:  # noqa: BLE001 - a channel's failure stays with that channel
+        log.error("delivery to channel %s failed: %s", channel.name, deps.redact(repr(err)))
+    counts[channel.name] = (delivered, failed)
+
+
+def _deliver_one(deps: Deps, channel: Channel, row_id: int, now: datetime) -> bool | None:
+    with deps.sessions.begin() as session:
+        row = store.claim(session, row_id, now, LEASE)
+        if row is None:
+            return None
+        title, body, kind, key = row.title, row.body, row.notify_type, row.key
+    result = channel.send(title, body, kind, SEND_TIMEOUT)
+    with deps.sessions.begin() as session:
+        if isinstance(result, Delivered):
+            store.mark_delivered(session, row_id, now)
+            return True
+        assert isinstance(result, Failed)
+        store.mark_failed(session, row_id, deps.redact(result.reason))
+    log.warning("channel %s did not accept %s: %s; it stays in the outbox", channel.name, key,
+                deps.redact(result.reason))
+    return False
+
+
+def summary_line(report: TickReport) -> str:
+    """The one log line per tick."""
+    balance = f"${report.latest.remaining:,.2f}" if report.latest else "unknown"
+    fetch = "ok" if report.outcome.ok else f"{report.outcome.kind.value} ({report.outcome.message})"
+    def names(reason: Reason) -> str:
+        return ",".join(t.rule for t in report.transitions if t.reason is reason) or "-"
+    return (
+        f"tick fetch={fetch} balance={balance} duration={report.seconds:.2f}s "
+        f"fired={names(Reason.FIRST)} repeated={names(Reason.REPEAT)} resolved={names(Reason.RESOLVED)} "
+        f"delivered={report.delivered} failed={report.failed}"
+    )
