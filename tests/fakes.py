@@ -91,7 +91,8 @@ class Resp:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the server saw it; `at` is time.monotonic() on arrival."""
+    """One request as the server saw it: `path` keeps any query string, `at` is
+    time.monotonic() once the request head was read."""
 
     method: str
     path: str

@@ -1,13 +1,13 @@
-"""Durations as operators write them: "30s", "5m", "1h30m", "2d"."""
+"""Durations as operators write them: "30s", "5m", "1h30m", "2d", "2w", "1y" (365 days)."""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+)(d|h|m|s)")
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_ORDER = "dhms"
+_PART = re.compile(r"(\d+)(y|w|d|h|m|s)")
+_UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_ORDER = "ywdhms"
 # Anything longer is a typo, and timedelta overflows past ~2.7 million years.
 MAX_SECONDS = 100 * 365 * 86400
 
@@ -47,7 +47,7 @@ def format_duration(value: timedelta) -> str:
     if seconds <= 0:
         return "0s"
     out = []
-    for unit in _ORDER:
+    for unit in "ydhms":  # weeks are accepted on input but "30d" reads better than "4w2d"
         count, seconds = divmod(seconds, _UNITS[unit])
         if count:
             out.append(f"{count}{unit}")

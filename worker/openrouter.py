@@ -22,7 +22,7 @@ from worker.domain import FetchKind, FetchOutcome
 MAX_BODY = 64 * 1024
 MAX_RETRIES = 2
 BACKOFF = (0.5, 1.0)
-USER_AGENT = "creditwatch/0.1 (+https://github.com/creditwatch)"
+USER_AGENT = "creditwatch/0.1.0"
 AUTH_MESSAGE = (
     "HTTP {status}: OpenRouter refused the key; it is invalid or is not a management key "
     "(create one under Settings > Provisioning/Management keys)"

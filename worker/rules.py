@@ -38,7 +38,11 @@ def threshold(rule: ThresholdRule, facts: Facts) -> Evaluation:
         holds = remaining <= clear
     else:
         holds = remaining < limit
-    return Evaluation(_cond(holds), f"remaining {money(remaining)} is below {described}")
+    relation = "below" if holds else "above"
+    if holds and facts.firing and remaining >= limit:
+        relation = "not yet back above"
+        described = money(rule.clear_above if rule.clear_above is not None else limit)
+    return Evaluation(_cond(holds), f"remaining {money(remaining)} is {relation} {described}")
 
 
 def _limit(rule: ThresholdRule, latest: Reading) -> tuple[float, str]:
@@ -60,7 +64,8 @@ def burn(rule: BurnRateRule, facts: Facts) -> Evaluation:
     summary = f"burning ${rate:,.2f}/h over {format_duration(rule.window)}"
     if short is not None:
         summary += f" (${short:,.2f}/h over {format_duration(rule.short_window or timedelta())})"
-    return Evaluation(_cond(holds), f"{summary}, above ${rule.above:,.2f}/h")
+    relation = "above" if holds else "not above"
+    return Evaluation(_cond(holds), f"{summary}, {relation} ${rule.above:,.2f}/h")
 
 
 def runway(rule: RunwayRule, facts: Facts) -> Evaluation:
@@ -73,8 +78,10 @@ def runway(rule: RunwayRule, facts: Facts) -> Evaluation:
     if hours is None:
         return Evaluation(Condition.FALSE, "no spend in the window")
     limit = rule.below.total_seconds() / 3600
-    summary = f"about {hours_text(hours)} of credit left, less than {format_duration(rule.below)}"
-    return Evaluation(_cond(hours < limit), summary)
+    holds = hours < limit
+    relation = "less" if holds else "no less"
+    summary = f"about {hours_text(hours)} of credit left, {relation} than {format_duration(rule.below)}"
+    return Evaluation(_cond(holds), summary)
 
 
 def fetch_failure(rule: FetchFailureRule, facts: Facts) -> Evaluation:
