@@ -207,7 +207,7 @@ def status_view(loaded: Loaded, now):  # type: ignore[no-untyped-def]
     window = settings.forecast.window
     with store.sessions(loaded.engine)() as session:
         latest = store.latest_reading(session)
-        history = store.readings_between(session, now - window, now)
+        history = store.history_between(session, now - window, now)
         attempt = store.last_attempt(session)
         names = [r.name for r in settings.rules]
         firing = store.firing_alerts(session, names)
@@ -228,7 +228,7 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[i
     now = db.now_utc()
     try:
         with store.sessions(loaded.engine)() as session:
-            readings: list[Reading] = store.readings_between(session, now - since, now)
+            readings: list[Reading] = store.history_between(session, now - since, now)
     except SQLAlchemyError as err:
         raise database_problem(err, loaded) from None
     render = {"json": history_json, "csv": history_csv, "table": history_table}[args.format]

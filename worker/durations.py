@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+)(y|w|d|h|m|s)")
+# [0-9], not \d: \d also matches other scripts' digits ("\u0663s"), which int() accepts.
+_PART = re.compile(r"([0-9]+)(y|w|d|h|m|s)")
 _UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _ORDER = "ywdhms"
 # Anything longer is a typo, and timedelta overflows past ~2.7 million years.
@@ -13,7 +14,12 @@ MAX_SECONDS = 100 * 365 * 86400
 
 
 class DurationError(ValueError):
-    """A string that is not a duration."""
+    """A string that is not a duration; `reason` says why without quoting the text."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        # Settings errors use `reason`: the text may have come from a ${VAR} secret.
+        self.reason = reason or message
 
 
 def parse_duration(text: str) -> timedelta:
@@ -24,15 +30,17 @@ def parse_duration(text: str) -> timedelta:
     compact = text.strip()
     parts = _PART.findall(compact)
     if "".join(n + u for n, u in parts) != compact or not _in_order([u for _, u in parts]):
-        msg = f'{text!r} is not a duration such as "30s", "5m", "1h30m" or "1d"'
-        raise DurationError(msg)
-    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+        why = 'must be a duration such as "30s", "5m", "1h30m" or "1d"'
+        raise DurationError(f"{text!r} {why}", why)
+    # Cap the digits before int(): past 4300 of them int() raises a plain ValueError.
+    too_long = any(len(n.lstrip("0")) > 15 for n, _ in parts)
+    seconds = MAX_SECONDS + 1 if too_long else sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
-        msg = f"{text!r} must be longer than zero"
-        raise DurationError(msg)
+        why = "must be longer than zero"
+        raise DurationError(f"{text!r} {why}", why)
     if seconds > MAX_SECONDS:
-        msg = f"{text!r} is longer than 100 years"
-        raise DurationError(msg)
+        why = "must be at most 100 years"
+        raise DurationError(f"{text!r} {why}", why)
     return timedelta(seconds=seconds)
 
 

@@ -53,7 +53,7 @@ def _duration(value: object) -> timedelta:
     try:
         return parse_duration(value)
     except DurationError as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(err.reason) from None
 
 
 Duration = Annotated[

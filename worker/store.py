@@ -6,11 +6,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import PG_TICK_LOCK
 from worker.domain import AlertState, FetchKind, FetchOutcome, FetchStreak, Message, Reading, Severity, Status
+from worker.retention import rollup_points
 from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow
 
 PENDING, SENDING, FAILED, DELIVERED = "pending", "sending", "failed", "delivered"
@@ -65,6 +66,18 @@ def readings_between(session: Session, start: datetime, end: datetime) -> list[R
         .order_by(ReadingRow.fetched_at, ReadingRow.id)
     )
     return [_reading(r) for r in session.scalars(query)]
+
+
+def history_between(session: Session, start: datetime, end: datetime) -> list[Reading]:
+    """Like readings_between, reaching into hourly rollups where raw data has been folded."""
+    raw = readings_between(session, start, end)
+    # MIN over an indexed column is one index probe on SQLite and PostgreSQL.
+    oldest = session.scalar(select(func.min(ReadingRow.fetched_at)))
+    if oldest is not None and oldest <= start:
+        return raw
+    until = end if oldest is None else min(end, oldest)
+    older = [p for p in rollup_points(session, start, until) if oldest is None or p.fetched_at < oldest]
+    return older + raw
 
 
 def _reading(row: ReadingRow) -> Reading:
@@ -166,7 +179,5 @@ def mark_failed(session: Session, row_id: int, reason: str) -> None:
 
 
 def undelivered_count(session: Session) -> int:
-    from sqlalchemy import func
-
     query = select(func.count()).select_from(OutboxRow).where(OutboxRow.status != DELIVERED)
     return int(session.scalar(query) or 0)

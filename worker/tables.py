@@ -75,3 +75,22 @@ class OutboxRow(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class RollupRow(Base):
+    """One hour of readings older than keep_raw: first, last, min and max of each series."""
+
+    __tablename__ = "rollups"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    credits_first: Mapped[float] = mapped_column(Double)
+    credits_last: Mapped[float] = mapped_column(Double)
+    credits_min: Mapped[float] = mapped_column(Double)
+    credits_max: Mapped[float] = mapped_column(Double)
+    usage_first: Mapped[float] = mapped_column(Double)
+    usage_last: Mapped[float] = mapped_column(Double)
+    usage_min: Mapped[float] = mapped_column(Double)
+    usage_max: Mapped[float] = mapped_column(Double)

@@ -31,6 +31,7 @@ from worker.lifecycle import Policy, notifies, step
 from worker.messages import Context, render
 from worker.openrouter import Endpoint, fetch_credits
 from worker.redact import Redactor
+from worker.retention import Pruned, prune
 from worker.rules import Facts, evaluate
 from worker.settings import Rule, Settings
 from worker.verdict import exit_code
@@ -84,6 +85,7 @@ def run_tick(deps: Deps, now: datetime) -> TickReport:
     outcome = fetch_bounded(deps)
     evaluated = _store_and_evaluate(deps, now, outcome)
     delivered, failed = deliver(deps, now)
+    _retain(deps, now)
     return TickReport(
         outcome, evaluated.latest, evaluated.burn, evaluated.runway, evaluated.transitions,
         evaluated.firing, delivered, failed, time.monotonic() - started,
@@ -119,7 +121,7 @@ def _store_and_evaluate(deps: Deps, now: datetime, outcome: FetchOutcome) -> _Ev
     with store.tick_transaction(deps.sessions) as session:
         streak = store.record_fetch(session, now, outcome)
         session.flush()
-        history = store.readings_between(session, now - settings.history_span, now)
+        history = store.history_between(session, now - settings.history_span, now)
         fresh = Reading(now, outcome.total_credits or 0.0, outcome.total_usage or 0.0) if outcome.ok else None
         known = fresh or store.latest_reading(session)
         burn = burn_rate(history, now, settings.forecast.window)
@@ -171,6 +173,8 @@ def _messages(
     settings: Settings, rule: Rule, state: AlertState, reason: Reason, ctx: Context, now: datetime
 ) -> list[Message]:
     rendered = render(state, reason, rule.severity, ctx, now)
+    if not settings.channels_for(rule):
+        log.warning("%s: %s (no channel is configured, so nobody is notified)", rendered.title, state.summary)
     return [
         Message(rule.name, channel, reason, rule.severity, rendered.title, rendered.body,
                 rendered.notify_type, rendered.key)
@@ -227,6 +231,19 @@ def _deliver_one(deps: Deps, channel: Channel, row_id: int, now: datetime) -> bo
     log.warning("channel %s did not accept %s: %s; it stays in the outbox", channel.name, key,
                 deps.redact(result.reason))
     return False
+
+
+def _retain(deps: Deps, now: datetime) -> None:
+    """Fold and prune old rows; a failure here is logged and never fails the tick."""
+    db = deps.settings.database
+    try:
+        pruned = prune(deps.sessions, now, db.keep_raw, db.keep_rollups)
+    except Exception as err:  # noqa: BLE001 - retention can wait for the next tick
+        log.error("retention failed, will retry at the next tick: %s", deps.redact(repr(err)))
+        return
+    if pruned != Pruned():
+        log.info("retention: folded %d readings, pruned %d rollups, %d attempts, %d delivered messages",
+                 pruned.folded, pruned.rollups, pruned.attempts, pruned.outbox)
 
 
 def summary_line(report: TickReport) -> str:
