@@ -189,8 +189,7 @@ def _check_name(value: str) -> str:
 
 
 class _Rule(_Model):
-    model_config = ConfigDict(populate_by_name=True)
-
+    # No populate_by_name: it would accept `for_` in the file as a silent alias of `for`.
     name: str
     severity: Severity = Severity.WARNING
     channels: tuple[str, ...] | None = None

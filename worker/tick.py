@@ -39,8 +39,8 @@ from worker.verdict import exit_code
 log = logging.getLogger("creditwatch.tick")
 T = TypeVar("T")
 
-SEND_TIMEOUT = 15.0  # one apprise call, all its targets included
-LEASE = timedelta(seconds=2 * SEND_TIMEOUT)  # a claim outlives the send it covers
+SEND_TIMEOUT = 10.0  # one apprise call, all its targets included
+LEASE = timedelta(seconds=SEND_TIMEOUT + 5)  # a claim outlives the send it covers
 GUARD_MARGIN = 2.0
 
 
