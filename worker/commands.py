@@ -215,7 +215,9 @@ def status_view(loaded: Loaded, now):  # type: ignore[no-untyped-def]
     burn = burn_rate(history, now, window)
     runway = runway_hours(latest.remaining, burn) if latest else None
     last = LastFetch(attempt.at, attempt.kind == "ok", attempt.message) if attempt else None
-    alerts = [FiringAlert(a.rule, a.severity, a.firing_since, a.summary) for a in firing]
+    # Severity from the settings in force, in case it was edited while the alert fires.
+    severity = {r.name: r.severity.value for r in settings.rules}
+    alerts = [FiringAlert(a.rule, severity.get(a.rule, a.severity), a.firing_since, a.summary) for a in firing]
     return StatusView(latest, burn, runway, window, last, alerts, undelivered)
 
 
