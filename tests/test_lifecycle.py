@@ -145,12 +145,27 @@ def test_unknown_returns_the_state_unchanged() -> None:
 
 def test_clock_stepped_backwards_causes_no_repeat_storm() -> None:
     state, _ = step(AlertState("low"), ev(T), T0, NO_FOR)
+    back = T0 - 60 * M  # the clock is stepped back an hour, then ticks every 5 minutes
     reasons = []
-    for minutes in [-60 * 24, -60 * 24 + 1, -600, -300, -5, 0, 30]:
-        state, reason = step(state, ev(T), T0 + minutes * M, NO_FOR)
+    for minutes in range(0, 60, 5):
+        state, reason = step(state, ev(T), back + minutes * M, NO_FOR)
         reasons.append(reason)
     assert REPEAT not in reasons
-    state, reason = step(state, ev(T), T0 + H, NO_FOR)
+    # The reminder period restarted when the clock went back: due an hour after that,
+    # not an hour after the (now future) time of the last send.
+    state, reason = step(state, ev(T), back + 60 * M, NO_FOR)
+    assert reason is REPEAT
+    state, reason = step(state, ev(T), back + 65 * M, NO_FOR)
+    assert reason is NONE
+
+
+def test_clock_forward_then_corrected_back_does_not_silence_reminders() -> None:
+    state, _ = step(AlertState("low"), ev(T), T0, NO_FOR)
+    state, reason = step(state, ev(T), T0 + 24 * H, NO_FOR)  # a day ahead by mistake
+    assert reason is REPEAT
+    state, reason = step(state, ev(T), T0 + 5 * M, NO_FOR)  # corrected
+    assert reason is NONE
+    state, reason = step(state, ev(T), T0 + 65 * M, NO_FOR)
     assert reason is REPEAT
 
 
@@ -270,18 +285,22 @@ def test_lifecycle_invariants_over_monotone_time(
 def test_any_clock_never_sends_repeats_closer_than_repeat_interval(
     offsets: list[int], repeat: timedelta
 ) -> None:
-    """Even with the clock jumping back and forth, REPEATs are spaced by repeat_interval."""
+    """With the clock jumping back and forth, a REPEAT needs repeat_interval of clock
+    time since the last send, or since the clock last stepped back behind it."""
     policy = Policy(timedelta(0), repeat)
     state, reason = step(AlertState("low"), ev(T), T0, policy)
     assert reason is FIRST
-    sends = [T0]
+    anchor, previous, forward, repeats = T0, T0, timedelta(0), 0
     for offset in offsets:
         now = T0 + timedelta(seconds=offset)
+        forward += max(timedelta(0), now - previous)
+        previous = now
         state, reason = step(state, ev(T), now, policy)
         assert reason in (REPEAT, NONE)
+        if now < anchor:
+            anchor = now  # a step back restarts the reminder period
         if reason is REPEAT:
-            assert now - sends[-1] >= repeat
-            sends.append(now)
-    # So the number of reminders is bounded by how far the clock ever got.
-    furthest = max([T0] + [T0 + timedelta(seconds=o) for o in offsets])
-    assert len(sends) - 1 <= (furthest - T0) / repeat
+            assert now - anchor >= repeat
+            anchor, repeats = now, repeats + 1
+    # No storm: reminders are bounded by how far the clock moved forward in all.
+    assert repeats <= forward / repeat

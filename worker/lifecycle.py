@@ -62,7 +62,10 @@ def _keep_firing(
     prev: AlertState, evaluation: Evaluation, now: datetime, policy: Policy
 ) -> tuple[AlertState, Reason]:
     last = prev.last_sent_at or now
-    # A clock stepped backwards makes `now - last` negative: wait, never storm.
+    if last > now:
+        # The clock was stepped back past our last send: restart the reminder
+        # period from now rather than stay silent until the clock catches up.
+        return replace(prev, last_sent_at=now, summary=evaluation.summary), Reason.NONE
     if now - last >= policy.repeat_interval:
         return replace(prev, last_sent_at=now, repeats=prev.repeats + 1, summary=evaluation.summary), Reason.REPEAT
     return replace(prev, summary=evaluation.summary), Reason.NONE

@@ -156,7 +156,7 @@ class Database(_Model):
 
 class Alerts(_Model):
     repeat_interval: Duration = timedelta(hours=6)
-    send_resolved: bool = True
+    send_resolved: Annotated[bool, Field(strict=True)] = True
 
 
 class Forecast(_Model):
@@ -199,6 +199,14 @@ class _Rule(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         return _check_name(value)
+
+    @field_validator("channels")
+    @classmethod
+    def _some_channel(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            msg = "must name at least one channel (leave it out to notify every channel)"
+            raise ValueError(msg)
+        return value
 
     @property
     def pending_for(self) -> timedelta:
@@ -247,7 +255,7 @@ class RunwayRule(_Rule):
 class FetchFailureRule(_Rule):
     type: Literal["fetch_failure"]
     severity: Severity = Severity.WARNING
-    consecutive: Annotated[int, BeforeValidator(_strict_number), Field(ge=1, le=10_000)] = 3
+    consecutive: Annotated[int, BeforeValidator(_strict_number), Field(strict=True, ge=1, le=10_000)] = 3
 
 
 Rule = Annotated[
