@@ -48,11 +48,21 @@ class _TooBig(Exception):
     """The body passed MAX_BODY bytes."""
 
 
+class _NoRedirectSession(requests.Session):
+    """Never follows a redirect, and never reads a 3xx body outside our deadline.
+
+    `allow_redirects=False` alone is not enough: requests still runs its redirect
+    machinery inside send(), which reads the whole 3xx body (no deadline, no cap).
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
+
+
 def new_session() -> requests.Session:
     """A session that ignores netrc and proxy variables, so the key goes only where configured."""
-    session = requests.Session()
+    session = _NoRedirectSession()
     session.trust_env = False
-    session.max_redirects = 0
     return session
 
 
@@ -70,16 +80,19 @@ def fetch_credits(
         attempts += 1
         outcome, retry_after = _attempt(session, endpoint, deadline, clock)
         if outcome.kind is not FetchKind.TRANSIENT or attempts > MAX_RETRIES:
-            return _with_attempts(outcome, attempts)
+            return _with_attempts(outcome, attempts, endpoint.api_key)
         wait = retry_after if retry_after is not None else BACKOFF[attempts - 1]
         # urllib3 would honour Retry-After for hours; we honour it only inside the budget.
         if clock() + wait >= deadline - 0.05:
-            return _with_attempts(outcome, attempts)
+            return _with_attempts(outcome, attempts, endpoint.api_key)
         sleep(wait)
 
 
-def _with_attempts(outcome: FetchOutcome, attempts: int) -> FetchOutcome:
-    return FetchOutcome(outcome.kind, outcome.total_credits, outcome.total_usage, outcome.message, attempts)
+def _with_attempts(outcome: FetchOutcome, attempts: int, key: str) -> FetchOutcome:
+    # Messages quote only our own words and a few response headers; mask the key
+    # anyway in case a server echoes it into one of them.
+    message = outcome.message.replace(key, "***") if key else outcome.message
+    return FetchOutcome(outcome.kind, outcome.total_credits, outcome.total_usage, message, attempts)
 
 
 def _attempt(

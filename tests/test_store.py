@@ -1,0 +1,498 @@
+"""worker.store on a migrated database, SQLite and PostgreSQL alike.
+
+Every query the service makes lives in store.py; these tests pin what each one
+promises (streak arithmetic, inclusive windows, UTC round trips, the outbox's
+claim protocol) and that the two hot reads are served by an index.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, insert, text
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker import db, store
+from worker.domain import (
+    AlertState,
+    FetchKind,
+    FetchOutcome,
+    Message,
+    Reading,
+    Reason,
+    Severity,
+    Status,
+)
+from worker.tables import FetchAttemptRow, OutboxRow, ReadingRow
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=60)
+
+OK = FetchOutcome(FetchKind.OK, total_credits=100.0, total_usage=1.0)
+TRANSIENT = FetchOutcome(FetchKind.TRANSIENT, message="timed out after 10s")
+AUTH = FetchOutcome(FetchKind.AUTH, message="HTTP 401: refused the key")
+BAD = FetchOutcome(FetchKind.BAD_RESPONSE, message="the body is not valid JSON")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = db.make_engine(db_url)
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return store.sessions(engine)
+
+
+def _message(rule: str = "low-balance", channel: str = "chat", key: str | None = None) -> Message:
+    return Message(rule=rule, channel=channel, reason=Reason.FIRST, severity=Severity.WARNING,
+                   title=f"creditwatch: {rule} firing", body="remaining $9.00",
+                   notify_type="warning", key=key or f"{rule}:1:first")
+
+
+def _enqueue(factory: sessionmaker[Session], *messages: Message, now: datetime = T0) -> list[int]:
+    with factory.begin() as s:
+        store.enqueue(s, messages, now)
+    with factory() as s:
+        return store.due_ids(s, messages[0].channel, now) if messages else []
+
+
+# --------------------------------------------------------------------------- fetch streaks
+
+
+def _record(factory: sessionmaker[Session], outcomes: list[FetchOutcome]) -> list[tuple[int, bool]]:
+    streaks = []
+    for i, outcome in enumerate(outcomes):
+        with factory.begin() as s:
+            streak = store.record_fetch(s, T0 + timedelta(minutes=i), outcome)
+        streaks.append((streak.failures, streak.auth))
+    return streaks
+
+
+def test_failures_count_up_and_an_ok_fetch_resets_the_streak(factory: sessionmaker[Session]) -> None:
+    got = _record(factory, [TRANSIENT, BAD, TRANSIENT, OK, TRANSIENT, OK, OK])
+
+    assert got == [(1, False), (2, False), (3, False), (0, False), (1, False), (0, False),
+                   (0, False)]
+
+
+def test_auth_sticks_for_the_rest_of_its_streak_and_ends_with_it(
+        factory: sessionmaker[Session]) -> None:
+    got = _record(factory, [TRANSIENT, AUTH, TRANSIENT, BAD, OK, TRANSIENT])
+
+    assert got == [(1, False), (2, True), (3, True), (4, True), (0, False), (1, False)]
+
+
+def test_first_fetch_ever_failing_starts_at_one(factory: sessionmaker[Session]) -> None:
+    assert _record(factory, [AUTH]) == [(1, True)]
+
+
+def test_record_fetch_stores_attempts_and_readings_only_for_ok(
+        factory: sessionmaker[Session]) -> None:
+    _record(factory, [OK, TRANSIENT, AUTH])
+
+    with factory() as s:
+        attempts = s.query(FetchAttemptRow).order_by(FetchAttemptRow.id).all()
+        readings = s.query(ReadingRow).all()
+        last = store.last_attempt(s)
+        latest = store.latest_reading(s)
+
+    assert [a.kind for a in attempts] == ["ok", "transient", "auth"]
+    assert attempts[0].message is None  # an ok fetch has nothing to say
+    assert attempts[2].message == AUTH.message
+    assert last is not None and last.kind == "auth" and last.at == T0 + timedelta(minutes=2)
+    assert len(readings) == 1
+    assert latest == Reading(T0, 100.0, 1.0)
+
+
+def test_a_long_error_message_is_cut_to_the_column(factory: sessionmaker[Session]) -> None:
+    long = FetchOutcome(FetchKind.TRANSIENT, message="x" * 2000)
+    _record(factory, [long])
+
+    with factory() as s:
+        last = store.last_attempt(s)
+    assert last is not None and last.message == "x" * 500
+
+
+# --------------------------------------------------------------------------- readings
+
+
+def _add_readings(factory: sessionmaker[Session], times: list[datetime]) -> None:
+    with factory.begin() as s:
+        for i, at in enumerate(times):
+            store.record_fetch(s, at, FetchOutcome(FetchKind.OK, total_credits=100.0,
+                                                   total_usage=float(i)))
+
+
+def test_readings_between_is_inclusive_at_both_ends(factory: sessionmaker[Session]) -> None:
+    minutes = [0, 5, 10, 15, 20]
+    _add_readings(factory, [T0 + timedelta(minutes=m) for m in minutes])
+
+    with factory() as s:
+        inside = store.readings_between(s, T0 + timedelta(minutes=5), T0 + timedelta(minutes=15))
+        just_outside = store.readings_between(s, T0 + timedelta(minutes=5, microseconds=1),
+                                              T0 + timedelta(minutes=15, microseconds=-1))
+        none = store.readings_between(s, T0 + timedelta(minutes=21), T0 + timedelta(hours=1))
+
+    assert [r.fetched_at for r in inside] == [T0 + timedelta(minutes=m) for m in (5, 10, 15)]
+    assert [r.fetched_at for r in just_outside] == [T0 + timedelta(minutes=10)]
+    assert none == []
+
+
+def test_readings_between_is_oldest_first_whatever_the_insert_order(
+        factory: sessionmaker[Session]) -> None:
+    # Stored out of order (a clock step back, a replica that lagged): the window is by time.
+    times = [T0 + timedelta(minutes=m) for m in (30, 10, 20, 0, 40)]
+    _add_readings(factory, times)
+
+    with factory() as s:
+        got = store.readings_between(s, T0, T0 + timedelta(hours=1))
+
+    assert [r.fetched_at for r in got] == sorted(times)
+    # the usage values travel with their timestamps
+    by_time = {t: float(i) for i, t in enumerate(times)}
+    assert [r.total_usage for r in got] == [by_time[r.fetched_at] for r in got]
+
+
+def test_readings_with_equal_timestamps_come_in_insert_order(
+        factory: sessionmaker[Session]) -> None:
+    _add_readings(factory, [T0, T0, T0])
+
+    with factory() as s:
+        got = store.readings_between(s, T0, T0)
+
+    assert [r.total_usage for r in got] == [0.0, 1.0, 2.0]
+
+
+def test_window_bounds_in_another_zone_mean_the_same_instants(
+        factory: sessionmaker[Session]) -> None:
+    _add_readings(factory, [T0 + timedelta(minutes=m) for m in (0, 30, 60)])
+    plus_two = timezone(timedelta(hours=2))
+
+    with factory() as s:
+        got = store.readings_between(s, (T0 + timedelta(minutes=30)).astimezone(plus_two),
+                                     (T0 + timedelta(minutes=60)).astimezone(plus_two))
+
+    assert [r.fetched_at for r in got] == [T0 + timedelta(minutes=30), T0 + timedelta(minutes=60)]
+
+
+# --------------------------------------------------------------------------- UTC round trip
+
+
+def test_aware_datetimes_come_back_aware_in_utc(factory: sessionmaker[Session]) -> None:
+    minus_five = timezone(timedelta(hours=-5))
+    local = datetime(2026, 11, 25, 5, 30, 15, 123456, tzinfo=minus_five)  # 10:30:15.123456Z
+    with factory.begin() as s:
+        store.record_fetch(s, local, OK)
+
+    with factory() as s:
+        [reading] = store.readings_between(s, T0, T0 + timedelta(hours=1))
+        last = store.last_attempt(s)
+
+    expected = datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=UTC)
+    assert reading.fetched_at == expected
+    assert reading.fetched_at.utcoffset() == timedelta(0)
+    assert reading.fetched_at.tzinfo is not None
+    assert last is not None and last.at == expected and last.at.utcoffset() == timedelta(0)
+
+
+def test_a_naive_datetime_is_refused(factory: sessionmaker[Session]) -> None:
+    with pytest.raises((ValueError, StatementError), match="naive datetime"), factory.begin() as s:
+        store.record_fetch(s, datetime(2026, 11, 25, 10, 0), OK)  # noqa: DTZ001 - the point
+        s.flush()
+
+    with factory() as s:
+        assert store.latest_reading(s) is None
+        assert store.last_attempt(s) is None
+
+
+def test_a_naive_window_bound_is_refused(factory: sessionmaker[Session]) -> None:
+    with factory() as s, pytest.raises((ValueError, StatementError), match="naive datetime"):
+        store.readings_between(s, datetime(2026, 11, 25), T0)  # noqa: DTZ001 - the point
+
+
+# --------------------------------------------------------------------------- alert states
+
+
+def test_missing_states_load_as_inactive(factory: sessionmaker[Session]) -> None:
+    with factory() as s:
+        states = store.load_states(s, ["a", "b"])
+    assert states == {"a": AlertState(rule="a"), "b": AlertState(rule="b")}
+
+
+def test_save_then_load_round_trips_and_updates_in_place(factory: sessionmaker[Session]) -> None:
+    firing = AlertState(rule="low-balance", status=Status.FIRING, pending_since=T0,
+                        firing_since=T0 + timedelta(minutes=10),
+                        last_sent_at=T0 + timedelta(minutes=10), period=3, repeats=1,
+                        summary="remaining $9.00 is below $10.00")
+    with factory.begin() as s:
+        store.save_state(s, firing, Severity.CRITICAL, T0 + timedelta(minutes=10))
+
+    with factory() as s:
+        loaded = store.load_states(s, ["low-balance", "other"])
+        [row] = store.firing_alerts(s, ["low-balance", "other"])
+    assert loaded["low-balance"] == firing
+    assert loaded["other"] == AlertState(rule="other")
+    assert (row.rule, row.severity, row.firing_since) == (
+        "low-balance", "critical", T0 + timedelta(minutes=10))
+    assert row.firing_since is not None and row.firing_since.utcoffset() == timedelta(0)
+
+    resolved = AlertState(rule="low-balance", status=Status.INACTIVE, period=3)
+    with factory.begin() as s:
+        store.save_state(s, resolved, Severity.CRITICAL, T0 + timedelta(minutes=20))
+
+    with factory() as s:
+        assert store.load_states(s, ["low-balance"]) == {"low-balance": resolved}
+        assert store.firing_alerts(s, ["low-balance"]) == []
+        assert s.execute(text("SELECT count(*) FROM alert_states")).scalar() == 1
+
+
+def test_firing_alerts_only_for_the_rules_asked(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        for i, name in enumerate(["b", "a", "gone"]):
+            store.save_state(s, AlertState(rule=name, status=Status.FIRING,
+                                           firing_since=T0 + timedelta(minutes=i)),
+                             Severity.WARNING, T0)
+
+    with factory() as s:
+        rows = store.firing_alerts(s, ["a", "b"])
+    assert [r.rule for r in rows] == ["b", "a"]  # oldest firing first
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def test_enqueued_rows_are_due_oldest_first_per_channel(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        store.enqueue(s, [_message("r1"), _message("r2", channel="mail"), _message("r3")], T0)
+    with factory.begin() as s:
+        store.enqueue(s, [_message("r4")], T0 + timedelta(minutes=1))
+
+    with factory() as s:
+        chat = store.due_ids(s, "chat", T0 + timedelta(minutes=1))
+        mail = store.due_ids(s, "mail", T0 + timedelta(minutes=1))
+        limited = store.due_ids(s, "chat", T0 + timedelta(minutes=1), limit=2)
+        rules = [s.get(OutboxRow, i).rule for i in chat]  # type: ignore[union-attr]
+        assert store.undelivered_count(s) == 4
+
+    assert chat == sorted(chat) and len(chat) == 3
+    assert rules == ["r1", "r3", "r4"]
+    assert len(mail) == 1 and mail[0] not in chat
+    assert limited == chat[:2]
+
+
+def test_claim_takes_a_row_once(factory: sessionmaker[Session]) -> None:
+    [row_id] = _enqueue(factory, _message())
+
+    with factory.begin() as s:
+        row = store.claim(s, row_id, T0, LEASE)
+        assert row is not None
+        assert (row.id, row.status, row.attempts) == (row_id, "sending", 1)
+        assert row.claimed_until == T0 + LEASE
+    with factory.begin() as s:
+        assert store.claim(s, row_id, T0 + timedelta(seconds=1), LEASE) is None
+    with factory() as s:
+        assert store.due_ids(s, "chat", T0 + timedelta(seconds=1)) == []
+
+
+def test_two_sessions_racing_for_one_row_only_one_wins(factory: sessionmaker[Session]) -> None:
+    # Both replicas saw the row as due; the second claims while the first's claim is
+    # still uncommitted. It must wait and then find nothing to claim, not claim it twice.
+    [row_id] = _enqueue(factory, _message())
+    second: list[object] = []
+
+    def claim_in_another_session() -> None:
+        with factory.begin() as s:
+            second.append(store.claim(s, row_id, T0, LEASE))
+
+    with factory.begin() as first:
+        assert store.claim(first, row_id, T0, LEASE) is not None
+        racer = threading.Thread(target=claim_in_another_session)
+        racer.start()
+        time.sleep(0.3)
+    racer.join(10)
+
+    assert not racer.is_alive()
+    assert second == [None]
+    with factory() as s:
+        row = s.get(OutboxRow, row_id)
+        assert row is not None and row.attempts == 1
+
+
+def test_claim_of_an_unknown_row_returns_none(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        assert store.claim(s, 12345, T0, LEASE) is None
+
+
+def test_delivered_rows_are_never_claimable_again(factory: sessionmaker[Session]) -> None:
+    [row_id] = _enqueue(factory, _message())
+    with factory.begin() as s:
+        assert store.claim(s, row_id, T0, LEASE) is not None
+        store.mark_delivered(s, row_id, T0 + timedelta(seconds=2))
+
+    much_later = T0 + timedelta(days=30)
+    with factory.begin() as s:
+        assert store.due_ids(s, "chat", much_later) == []
+        assert store.claim(s, row_id, much_later, LEASE) is None
+        row = s.get(OutboxRow, row_id)
+        assert row is not None
+        assert (row.status, row.claimed_until, row.attempts) == ("delivered", None, 1)
+        assert row.delivered_at == T0 + timedelta(seconds=2)
+        assert store.undelivered_count(s) == 0
+
+
+def test_failed_rows_are_claimable_again_at_once(factory: sessionmaker[Session]) -> None:
+    [row_id] = _enqueue(factory, _message())
+    with factory.begin() as s:
+        assert store.claim(s, row_id, T0, LEASE) is not None
+        store.mark_failed(s, row_id, "HTTP 500 " + "y" * 1000)
+
+    with factory.begin() as s:
+        row = s.get(OutboxRow, row_id)
+        assert row is not None and row.status == "failed" and row.claimed_until is None
+        assert row.last_error is not None and len(row.last_error) == 500
+        assert store.due_ids(s, "chat", T0 + timedelta(seconds=1)) == [row_id]
+        again = store.claim(s, row_id, T0 + timedelta(seconds=1), LEASE)
+        assert again is not None and again.attempts == 2 and again.status == "sending"
+    with factory.begin() as s:
+        store.mark_delivered(s, row_id, T0 + timedelta(seconds=2))
+        assert store.claim(s, row_id, T0 + timedelta(seconds=3), LEASE) is None
+
+
+def test_mark_failed_does_not_resurrect_a_delivered_row(factory: sessionmaker[Session]) -> None:
+    # A late failure report (say, from a timed-out attempt) must not undo a delivery.
+    [row_id] = _enqueue(factory, _message())
+    with factory.begin() as s:
+        assert store.claim(s, row_id, T0, LEASE) is not None
+        store.mark_delivered(s, row_id, T0)
+        store.mark_failed(s, row_id, "late failure")
+    with factory() as s:
+        assert store.due_ids(s, "chat", T0 + timedelta(hours=1)) == []
+
+
+def test_an_expired_sending_lease_becomes_claimable(factory: sessionmaker[Session]) -> None:
+    [row_id] = _enqueue(factory, _message())
+    with factory.begin() as s:
+        assert store.claim(s, row_id, T0, LEASE) is not None  # then the process died
+
+    with factory.begin() as s:
+        assert store.due_ids(s, "chat", T0 + LEASE - timedelta(seconds=1)) == []
+        assert store.claim(s, row_id, T0 + LEASE - timedelta(seconds=1), LEASE) is None
+    after = T0 + LEASE + timedelta(seconds=1)
+    with factory.begin() as s:
+        assert store.due_ids(s, "chat", after) == [row_id]
+        row = store.claim(s, row_id, after, LEASE)
+        assert row is not None and row.attempts == 2 and row.claimed_until == after + LEASE
+
+
+def test_the_same_key_and_channel_is_stored_once(factory: sessionmaker[Session]) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    _enqueue(factory, _message(key="k"))
+    with pytest.raises(IntegrityError), factory.begin() as s:
+        store.enqueue(s, [_message(key="k")], T0)
+    # the same key for another channel is another row
+    _enqueue(factory, _message(key="k", channel="mail"))
+    with factory() as s:
+        assert store.undelivered_count(s) == 2
+
+
+# --------------------------------------------------------------------------- query plans
+
+
+def _capture_selects(engine: Engine) -> tuple[list[tuple[str, Any]], Any]:
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+             executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    return seen, grab
+
+
+def _store_queries(engine: Engine, factory: sessionmaker[Session]) -> dict[str, tuple[str, Any]]:
+    """The exact SQL and parameters store.py sends for the two hot reads."""
+    seen, grab = _capture_selects(engine)
+    try:
+        with factory() as s:
+            store.readings_between(s, T0 + timedelta(hours=10), T0 + timedelta(hours=11))
+        window = [q for q in seen if "FROM readings" in q[0]]
+        seen.clear()
+        with factory() as s:
+            store.last_attempt(s)
+        latest = [q for q in seen if "FROM fetch_attempts" in q[0]]
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    assert len(window) == 1 and len(latest) == 1, (window, latest)
+    return {"window": window[0], "latest": latest[0]}
+
+
+def _fill(engine: Engine, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(ReadingRow), [
+            {"fetched_at": T0 + timedelta(minutes=i), "total_credits": 100.0,
+             "total_usage": i / 100} for i in range(n)])
+        conn.execute(insert(FetchAttemptRow), [
+            {"at": T0 + timedelta(minutes=i), "kind": "ok", "message": None, "streak": 0,
+             "streak_auth": False} for i in range(n)])
+
+
+def test_hot_reads_use_an_index_on_sqlite(sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    _fill(engine, 2000)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    queries = _store_queries(engine, store.sessions(engine))
+
+    plans = {}
+    with engine.connect() as conn:
+        for name, (sql, params) in queries.items():
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+            plans[name] = "\n".join(str(r[-1]) for r in rows)
+    engine.dispose()
+
+    window = plans["window"]
+    assert "USING INDEX ix_readings_fetched_at" in window or "USING COVERING INDEX" in window, window
+    assert "SCAN readings" not in window, window
+    latest = plans["latest"]
+    # ORDER BY id DESC LIMIT 1 on the rowid: either a SEARCH on the primary key or a
+    # rowid-ordered scan that stops after one row; never a sort of the whole table.
+    assert ("USING INTEGER PRIMARY KEY" in latest or "USING INDEX" in latest
+            or latest.strip() == "SCAN fetch_attempts"), latest
+    assert "TEMP B-TREE" not in latest, latest
+
+
+def test_hot_reads_use_an_index_on_postgresql(pg_url: str) -> None:
+    engine = db.make_engine(pg_url)
+    db.upgrade(engine)
+    _fill(engine, 5000)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE readings")
+        conn.exec_driver_sql("ANALYZE fetch_attempts")
+    queries = _store_queries(engine, store.sessions(engine))
+
+    plans = {}
+    with engine.connect() as conn:
+        for name, (sql, params) in queries.items():
+            rows = conn.exec_driver_sql(f"EXPLAIN {sql}", params).all()
+            plans[name] = "\n".join(r[0] for r in rows)
+    engine.dispose()
+
+    window = plans["window"]
+    assert "Index" in window and "ix_readings_fetched_at" in window, window
+    assert "Seq Scan" not in window, window
+    latest = plans["latest"]
+    assert "Index Scan Backward using pk_fetch_attempts" in latest, latest
+    assert "Seq Scan" not in latest and "Sort" not in latest, latest
