@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= settings.toml
 
-.PHONY: run test install dev-install bench upgrade-db clean lint
+.PHONY: run test install dev-install bench clean lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,14 +29,16 @@ run: install
 	$(BIN)/creditwatch --config $(CONFIG) db upgrade
 	$(BIN)/creditwatch --config $(CONFIG) run
 
-test: dev-install
+test: dev-install lint
 	$(BIN)/python -m pytest -n 2 -q
+
+# Types and style of the package (mypy --strict, ruff); part of `make test`.
+lint: dev-install
+	$(BIN)/ruff check worker migrations
+	$(BIN)/mypy worker
 
 bench: dev-install
 	$(BIN)/python bench/run.py
-
-lint: dev-install
-	$(BIN)/python -m pytest -q tests/test_migrations.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

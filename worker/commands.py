@@ -9,8 +9,9 @@ import argparse
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +25,9 @@ from worker.openrouter import Endpoint, new_session
 from worker.redact import Redactor, url_secrets
 from worker.reports import FiringAlert, LastFetch, StatusView
 from worker.settings import Settings, SettingsError, parse_settings
+
+if TYPE_CHECKING:  # tick pulls in requests and apprise wiring; only run and check need it
+    from worker.tick import Deps, TickReport
 
 log = logging.getLogger("creditwatch")
 
@@ -92,7 +96,8 @@ def _engine(settings: Settings, redact: Redactor) -> Engine:
     try:
         return db.make_engine(url)
     except Exception as err:  # noqa: BLE001 - ArgumentError, missing driver...: the URL is unusable
-        raise ConfigError([f"database.url: cannot use {db.redacted_url(url)}: {redact(_first_line(err))}"]) from None
+        problem = f"database.url: cannot use {db.redacted_url(url)}: {redact(_first_line(err))}"
+        raise ConfigError([problem]) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -126,13 +131,14 @@ def _require_schema(loaded: Loaded) -> None:
 # -- run and check ---------------------------------------------------------------------------
 
 
-def _tick_deps(loaded: Loaded, environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
+def _tick_deps(loaded: Loaded, environ: Mapping[str, str]) -> Deps:
     from worker.tick import Deps
 
     o = loaded.settings.openrouter
     endpoint = Endpoint(o.base_url, environ[o.api_key_env], o.timeout.total_seconds())
     channels = {c.name: Channel(c.name, c.url.get_secret_value()) for c in loaded.settings.channels}
-    return Deps(loaded.settings, store.sessions(loaded.engine), new_session(), endpoint, channels, loaded.redact)
+    factory = store.sessions(loaded.engine)
+    return Deps(loaded.settings, factory, new_session(), endpoint, channels, loaded.redact)
 
 
 def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
@@ -148,7 +154,7 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int
     return int(report.exit_code), nagios_line(report)
 
 
-def nagios_line(report) -> str:  # type: ignore[no-untyped-def]
+def nagios_line(report: TickReport) -> str:
     from worker.rules import hours_text, money
 
     code = report.exit_code
@@ -202,7 +208,7 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[in
     return 0, status_json(view) if args.json else status_text(view)
 
 
-def status_view(loaded: Loaded, now):  # type: ignore[no-untyped-def]
+def status_view(loaded: Loaded, now: datetime) -> StatusView:
     settings = loaded.settings
     window = settings.forecast.window
     with store.sessions(loaded.engine)() as session:
@@ -217,7 +223,8 @@ def status_view(loaded: Loaded, now):  # type: ignore[no-untyped-def]
     last = LastFetch(attempt.at, attempt.kind == "ok", attempt.message) if attempt else None
     # Severity from the settings in force, in case it was edited while the alert fires.
     severity = {r.name: r.severity.value for r in settings.rules}
-    alerts = [FiringAlert(a.rule, severity.get(a.rule, a.severity), a.firing_since, a.summary) for a in firing]
+    alerts = [FiringAlert(a.rule, severity.get(a.rule, a.severity), a.firing_since, a.summary)
+              for a in firing]
     return StatusView(latest, burn, runway, window, last, alerts, undelivered)
 
 
@@ -256,9 +263,9 @@ def cmd_notify_test(args: argparse.Namespace, environ: Mapping[str, str]) -> tup
             "creditwatch test notification",
             f"This is a test from creditwatch to channel {channel.name!r}. If you can read it, "
             "alerts will reach you here.", "info", SEND_TIMEOUT)
-        accepted = isinstance(result, Delivered)
-        ok = ok and accepted
-        lines.append(f"{channel.name}: " + ("accepted" if accepted else f"FAILED: {loaded.redact(result.reason)}"))
+        ok = ok and isinstance(result, Delivered)
+        shown = "accepted" if isinstance(result, Delivered) else f"FAILED: {loaded.redact(result.reason)}"
+        lines.append(f"{channel.name}: {shown}")
     return (0 if ok else EX_FAILURE), "\n".join(lines)
 
 

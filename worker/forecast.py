@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -32,7 +33,7 @@ def _at(reading: Reading) -> datetime:
 def _monotone_usage(readings: Sequence[Reading]) -> list[float]:
     """total_usage with every decrease flattened to zero spend."""
     out = [0.0]
-    for before, after in zip(readings, readings[1:]):
+    for before, after in itertools.pairwise(readings):
         out.append(out[-1] + max(0.0, after.total_usage - before.total_usage))
     return out
 
@@ -41,7 +42,7 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
     return max(0.0, sxy / sxx)
 
 

@@ -46,7 +46,8 @@ def _start(
     since = prev.pending_since if prev.status is Status.PENDING else now
     assert since is not None  # a pending alert always has pending_since
     if now - since < policy.pending_for:
-        return replace(prev, status=Status.PENDING, pending_since=since, summary=evaluation.summary), Reason.NONE
+        pending = replace(prev, status=Status.PENDING, pending_since=since, summary=evaluation.summary)
+        return pending, Reason.NONE
     state = AlertState(
         rule=prev.rule,
         status=Status.FIRING,
@@ -67,7 +68,8 @@ def _keep_firing(
         # period from now rather than stay silent until the clock catches up.
         return replace(prev, last_sent_at=now, summary=evaluation.summary), Reason.NONE
     if now - last >= policy.repeat_interval:
-        return replace(prev, last_sent_at=now, repeats=prev.repeats + 1, summary=evaluation.summary), Reason.REPEAT
+        again = replace(prev, last_sent_at=now, repeats=prev.repeats + 1, summary=evaluation.summary)
+        return again, Reason.REPEAT
     return replace(prev, summary=evaluation.summary), Reason.NONE
 
 

@@ -42,7 +42,7 @@ def render(
     key = idempotency_key(state, reason)
     if reason is Reason.RESOLVED:
         title = f"[RESOLVED] creditwatch: {state.rule} resolved"
-        head = f"{state.rule} is resolved: {state.summary}." if state.summary else f"{state.rule} is resolved."
+        head = f"{state.rule} is resolved" + (f": {state.summary}." if state.summary else ".")
         return Rendered(title, _body(head, ctx, key), RESOLVED_TYPE, key)
     label = severity.value.upper()
     still = " (still firing)" if reason is Reason.REPEAT else ""

@@ -6,6 +6,7 @@ message is safe to log and store (no key, no response body).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -167,7 +168,7 @@ def _read_chunks(raw: Any, deadline: float, clock: Callable[[], float]) -> bytes
     while True:
         try:
             chunk = raw.read1(16 * 1024)
-        except Exception as err:  # urllib3 wraps socket errors in its own types
+        except Exception as err:  # noqa: BLE001 - urllib3 wraps socket errors in many types of its own
             if clock() >= deadline:
                 raise _Deadline from None
             raise requests.ConnectionError(type(err).__name__) from None
@@ -182,10 +183,9 @@ def _read_chunks(raw: Any, deadline: float, clock: Callable[[], float]) -> bytes
 
 
 def _shutdown(raw: Any) -> None:
-    try:
+    # Already closed or released to the pool: nothing is left to unblock.
+    with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
         raw.shutdown()
-    except (OSError, ValueError, RuntimeError, AttributeError):
-        pass  # already closed or released: nothing left to unblock
 
 
 def _retry_after(response: requests.Response) -> float | None:

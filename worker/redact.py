@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote
 
 MASK = "***"
@@ -50,7 +51,7 @@ def url_secrets(url: str) -> list[str]:
     return sorted(fragments, key=len, reverse=True)
 
 
-def _instantiate(url: str) -> object | None:
+def _instantiate(url: str) -> Any:
     # Lazy: apprise loads its plugin registry on import (~80 ms), needed only here
     # and in delivery.
     import apprise

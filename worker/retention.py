@@ -28,7 +28,7 @@ class Pruned:
     outbox: int = 0
 
     def __add__(self, other: Pruned) -> Pruned:
-        return Pruned(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+        return Pruned(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(), strict=True)))
 
 
 def prune(factory: sessionmaker[Session], now: datetime, keep_raw: timedelta,
@@ -65,7 +65,7 @@ def _fold_batch(session: Session, cutoff: datetime) -> int:
     hours = {r.fetched_at.replace(minute=0, second=0, microsecond=0) for r in rows}
     existing = {row.hour: _rollup(row) for row in session.scalars(
         select(RollupRow).where(RollupRow.hour.in_(hours)))}
-    for hour, roll in fold(readings, existing).items():
+    for roll in fold(readings, existing).values():
         session.merge(RollupRow(**asdict(roll)))
     session.execute(delete(ReadingRow).where(ReadingRow.id.in_([r.id for r in rows])))
     return len(rows)

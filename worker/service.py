@@ -21,7 +21,7 @@ JOB_ID = "tick"
 CLOCK_STEP = 5.0  # seconds the wall clock may drift from the monotonic clock before we react
 
 
-class _Scheduler(BlockingScheduler):
+class _Scheduler(BlockingScheduler):  # type: ignore[misc]  # APScheduler 3 is untyped
     """BlockingScheduler that stops on request and survives wall-clock steps.
 
     APScheduler trusts the wall clock: after a step backwards it would sleep past

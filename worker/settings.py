@@ -403,7 +403,7 @@ def _with_default_fetch_rule(settings: Settings) -> Settings:
         type="fetch_failure", name=DEFAULT_FETCH_RULE, consecutive=3, severity=Severity.CRITICAL
     )
     if any(r.name == DEFAULT_FETCH_RULE for r in settings.rules):
-        problems = [f"rules: a rule named {DEFAULT_FETCH_RULE!r} that is not fetch_failure hides "
-                    "the default fetch_failure rule; rename it or add a fetch_failure rule"]
+        problems = [(f"rules: a rule named {DEFAULT_FETCH_RULE!r} that is not fetch_failure hides "
+                    "the default fetch_failure rule; rename it or add a fetch_failure rule")]
         raise SettingsError(problems)
     return settings.model_copy(update={"rules": (*settings.rules, default)})

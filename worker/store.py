@@ -10,7 +10,16 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import PG_TICK_LOCK
-from worker.domain import AlertState, FetchKind, FetchOutcome, FetchStreak, Message, Reading, Severity, Status
+from worker.domain import (
+    AlertState,
+    FetchKind,
+    FetchOutcome,
+    FetchStreak,
+    Message,
+    Reading,
+    Severity,
+    Status,
+)
 from worker.retention import rollup_points
 from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow
 
@@ -35,7 +44,8 @@ def record_fetch(session: Session, now: datetime, outcome: FetchOutcome) -> Fetc
     previous = session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
     if outcome.ok:
         streak = FetchStreak()
-        session.add(ReadingRow(fetched_at=now, total_credits=outcome.total_credits, total_usage=outcome.total_usage))
+        session.add(ReadingRow(fetched_at=now, total_credits=outcome.total_credits,
+                               total_usage=outcome.total_usage))
     else:
         before = previous.streak if previous else 0
         auth_before = bool(previous and previous.streak_auth)

@@ -20,7 +20,6 @@ from worker.domain import (
     ExitCode,
     FetchKind,
     FetchOutcome,
-    FetchStreak,
     Message,
     Reading,
     Reason,
