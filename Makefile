@@ -26,7 +26,6 @@ dev-install: $(VENV)/.dev-installed
 
 # Runs the worker on settings.toml with an SQLite file (the key comes from OPENROUTER_API_KEY).
 run: install
-	$(BIN)/creditwatch --config $(CONFIG) db upgrade
 	$(BIN)/creditwatch --config $(CONFIG) run
 
 test: dev-install lint
