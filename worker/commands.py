@@ -119,6 +119,12 @@ def migrate(loaded: Loaded) -> None:
 
 
 def _require_schema(loaded: Loaded) -> None:
+    url = loaded.engine.url
+    # Connecting would create an empty SQLite file: a read-only command must not.
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        raise RuntimeProblem(f"no database at {url.database} yet; run `creditwatch check` "
+                             "or `creditwatch db upgrade` first")
     try:
         ready = inspect(loaded.engine).has_table("alembic_version")
     except SQLAlchemyError as err:
@@ -175,7 +181,7 @@ def nagios_line(report: TickReport) -> str:
 
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     from worker.service import serve
-    from worker.tick import GUARD_MARGIN, SEND_TIMEOUT, run_tick, summary_line
+    from worker.tick import run_tick, summary_line, worst_case_seconds
 
     loaded = load(args, environ, need_key=True)
     migrate(loaded)
@@ -189,7 +195,7 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
         except Exception as err:  # noqa: BLE001 - the service outlives any one tick's bug
             log.error("tick failed, will retry at the next one: %s", loaded.redact(repr(err)))
 
-    budget = loaded.settings.openrouter.timeout.total_seconds() + GUARD_MARGIN + SEND_TIMEOUT + 30
+    budget = worst_case_seconds(loaded.settings.openrouter.timeout.total_seconds())
     return serve(tick, loaded.settings.schedule.interval, budget), ""
 
 
@@ -280,7 +286,7 @@ def cmd_config_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tu
 
     loaded = load(args, environ)
     key_set = bool(environ.get(loaded.settings.openrouter.api_key_env))
-    return 0, render_settings(loaded.settings, key_set)
+    return 0, render_settings(loaded.settings, key_set, loaded.redact)
 
 
 HANDLERS = {

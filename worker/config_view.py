@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 from worker.db import redacted_url
-from worker.redact import private_url
+from worker.redact import Redactor, private_url
 from worker.settings import Settings
 
 _SECTIONS = ("openrouter", "schedule", "database", "alerts", "forecast")
 
 
-def render_settings(settings: Settings, key_set: bool) -> str:
+def render_settings(settings: Settings, key_set: bool, redact: Redactor) -> str:
     """TOML that parses back to the same settings, but with secrets masked."""
     doc = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["database"]["url"] = redacted_url(settings.database.url.get_secret_value())
@@ -23,7 +23,8 @@ def render_settings(settings: Settings, key_set: bool) -> str:
             state = "set" if key_set else "NOT SET: run and check will refuse to start"
             lines[-2] += f"  # {state}"
     for channel in settings.channels:
-        url = private_url(channel.url.get_secret_value())
+        # apprise's privacy URL still shows webhook paths and query tokens: mask those too.
+        url = redact(private_url(channel.url.get_secret_value()))
         lines += ["", "[[channels]]", *_pairs({"name": channel.name, "url": url})]
     for rule in doc["rules"]:
         lines += ["", "[[rules]]", *_pairs(rule)]

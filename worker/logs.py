@@ -31,6 +31,8 @@ def setup(level: str, redactor: Redactor) -> None:
     # apprise's Slack and JSON plugins print whole target URLs, tokens included,
     # at DEBUG; keep them out even when the operator asks for debug logs.
     logging.getLogger("apprise").setLevel(max(logging.INFO, root.level))
+    # urllib3 logs every request line at DEBUG, webhook paths and query tokens included.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
     # Alembic narrates its plugin setup at INFO on every start.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     # The scheduler narrates every run at INFO; our own tick line says more.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 MASK = "***"
 # Shorter fragments ("api", "443") would mask ordinary words; real tokens are longer.
@@ -41,14 +41,31 @@ def private_url(url: str) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """Every fragment of an apprise URL that apprise itself hides, plus the URL."""
+    """Every fragment of an apprise URL that could be a secret, plus the URL itself.
+
+    That is what apprise hides in its privacy URL, and also every credential, path
+    segment and query value: webhook plugins (json://, form://, ...) carry tokens
+    in their path or query and apprise shows those. Masking a harmless segment
+    too costs nothing; missing a token leaks it.
+    """
     shown = private_url(url)
     fragments = {url, unquote(url)}
     for part in _SPLIT.split(url):
         for piece in (part, unquote(part)):
             if len(piece) >= _MIN_SECRET and piece not in shown:
                 fragments.add(piece)
-    return sorted(fragments, key=len, reverse=True)
+    fragments.update(_url_parts(url))
+    return sorted((f for f in fragments if len(f) >= _MIN_SECRET), key=len, reverse=True)
+
+
+def _url_parts(url: str) -> set[str]:
+    try:
+        parts = urlsplit(url)
+        userinfo = [parts.username or "", parts.password or ""]
+    except ValueError:
+        return set()
+    pieces = [*userinfo, *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))]
+    return {p for piece in pieces for p in (piece, unquote(piece), quote(piece, safe=""))}
 
 
 def _instantiate(url: str) -> Any:

@@ -298,15 +298,16 @@ def parse_settings(text: str, environ: Mapping[str, str]) -> Settings:
         raise SettingsError([f"settings: not valid TOML: {err}"]) from None
     problems: list[str] = []
     expanded = _expand(raw, environ, "", problems)
-    if problems:
-        raise SettingsError(problems)
+    # Report every problem at once: a value whose variable is unset is not judged again.
+    unset = {line.split(": ", 1)[0] for line in problems}
+    settings: Settings | None = None
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as err:
-        raise SettingsError(_describe(err)) from None
-    problems = _cross_check(settings)
-    if problems:
-        raise SettingsError(problems)
+        problems += [line for line in _describe(err) if line.split(": ", 1)[0] not in unset]
+    problems += [line for line in _cross_check(expanded) if line.split(": ", 1)[0] not in unset]
+    if problems or settings is None:
+        raise SettingsError(problems or ["settings: invalid"])
     return _with_default_fetch_rule(settings)
 
 
@@ -375,21 +376,35 @@ def _message(item: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _cross_check(settings: Settings) -> list[str]:
-    problems = _duplicates("channels", [c.name for c in settings.channels])
-    problems += _duplicates("rules", [r.name for r in settings.rules])
-    known = {c.name for c in settings.channels}
-    for i, rule in enumerate(settings.rules):
-        for j, name in enumerate(rule.channels or ()):
-            if name not in known:
+def _cross_check(doc: Any) -> list[str]:
+    """Names unique and channels defined, judged on the raw document so that these
+    problems show up beside any validation errors."""
+    channels = _named_tables(doc, "channels")
+    rules = _named_tables(doc, "rules")
+    problems = _duplicates("channels", [t.get("name") for t in channels])
+    problems += _duplicates("rules", [t.get("name") for t in rules])
+    known = {t.get("name") for t in channels if isinstance(t.get("name"), str)}
+    for i, rule in enumerate(rules):
+        wanted = rule.get("channels")
+        for j, name in enumerate(wanted if isinstance(wanted, list) else []):
+            if isinstance(name, str) and name not in known:
                 problems.append(f"rules[{i}].channels[{j}]: undefined channel {name!r}")
     return problems
 
 
-def _duplicates(section: str, names: list[str]) -> list[str]:
+def _named_tables(doc: Any, section: str) -> list[dict[str, Any]]:
+    items = doc.get(section) if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [t if isinstance(t, dict) else {} for t in items]
+
+
+def _duplicates(section: str, names: list[Any]) -> list[str]:
     seen: set[str] = set()
     problems = []
     for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
         if name in seen:
             problems.append(f"{section}[{i}].name: duplicate name {name!r}")
         seen.add(name)

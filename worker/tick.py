@@ -39,8 +39,16 @@ log = logging.getLogger("creditwatch.tick")
 T = TypeVar("T")
 
 SEND_TIMEOUT = 10.0  # one apprise call, all its targets included
-LEASE = timedelta(seconds=SEND_TIMEOUT + 5)  # a claim outlives the send it covers
+THROTTLE_MARGIN = 6.0  # apprise spaces sends to one service (email: 5.5 s) before its timeout runs
+DELIVERY_BUDGET = 20.0  # no new send starts later than this into the delivery phase
+# A claim outlives the send it covers, so only a dead sender's rows are taken over.
+LEASE = timedelta(seconds=SEND_TIMEOUT + THROTTLE_MARGIN + 4)
 GUARD_MARGIN = 2.0
+
+
+def worst_case_seconds(fetch_timeout: float) -> float:
+    """The longest a tick can take: fetch, delivery, and a margin for database work."""
+    return fetch_timeout + GUARD_MARGIN + DELIVERY_BUDGET + SEND_TIMEOUT + THROTTLE_MARGIN + 15
 
 
 @dataclass
@@ -182,28 +190,38 @@ def _messages(
 
 
 def deliver(deps: Deps, now: datetime) -> tuple[int, int]:
-    """Send every due outbox row, one thread per channel so a dead one delays no other."""
+    """Send every due outbox row, one thread per channel so a dead one delays no other.
+
+    New sends start only within DELIVERY_BUDGET; a send in flight is waited for
+    (it is bounded by SEND_TIMEOUT and the service's own throttle), so a tick
+    never leaves a message claimed but unrecorded when it can help it.
+    """
+    started = time.monotonic()
     counts: dict[str, tuple[int, int]] = {}
     threads = [
-        threading.Thread(target=_deliver_channel, args=(deps, ch, now, counts), daemon=True,
+        threading.Thread(target=_deliver_channel, args=(deps, ch, now, started, counts), daemon=True,
                          name=f"cw-deliver-{name}")
         for name, ch in deps.channels.items()
     ]
     for t in threads:
         t.start()
-    budget = time.monotonic() + SEND_TIMEOUT + 10
+    deadline = started + DELIVERY_BUDGET + SEND_TIMEOUT + THROTTLE_MARGIN
     for t in threads:
-        t.join(max(0.0, budget - time.monotonic()))
+        t.join(max(0.0, deadline - time.monotonic()))
     return sum(d for d, _ in counts.values()), sum(f for _, f in counts.values())
 
 
-def _deliver_channel(deps: Deps, channel: Channel, now: datetime, counts: dict[str, tuple[int, int]]) -> None:
+def _deliver_channel(deps: Deps, channel: Channel, now: datetime, started: float,
+                     counts: dict[str, tuple[int, int]]) -> None:
     delivered = failed = 0
     try:
         with deps.sessions() as session:
             ids = store.due_ids(session, channel.name, now)
         for row_id in ids:
-            ok = _deliver_one(deps, channel, row_id, now)
+            if time.monotonic() - started > DELIVERY_BUDGET:
+                break  # the rest waits for the next tick
+            at = now + timedelta(seconds=time.monotonic() - started)
+            ok = _deliver_one(deps, channel, row_id, at)
             if ok is None:
                 continue
             delivered, failed = delivered + ok, failed + (not ok)
@@ -214,16 +232,16 @@ def _deliver_channel(deps: Deps, channel: Channel, now: datetime, counts: dict[s
     counts[channel.name] = (delivered, failed)
 
 
-def _deliver_one(deps: Deps, channel: Channel, row_id: int, now: datetime) -> bool | None:
+def _deliver_one(deps: Deps, channel: Channel, row_id: int, at: datetime) -> bool | None:
     with deps.sessions.begin() as session:
-        row = store.claim(session, row_id, now, LEASE)
+        row = store.claim(session, row_id, at, LEASE)
         if row is None:
             return None
         title, body, kind, key = row.title, row.body, row.notify_type, row.key
     result = channel.send(title, body, kind, SEND_TIMEOUT)
     with deps.sessions.begin() as session:
         if isinstance(result, Delivered):
-            store.mark_delivered(session, row_id, now)
+            store.mark_delivered(session, row_id, at)
             return True
         assert isinstance(result, Failed)
         store.mark_failed(session, row_id, deps.redact(result.reason))
