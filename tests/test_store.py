@@ -148,16 +148,17 @@ def test_readings_between_is_inclusive_at_both_ends(factory: sessionmaker[Sessio
     assert none == []
 
 
-def test_readings_between_is_oldest_first_whatever_the_insert_order(
+def test_readings_between_keeps_the_stored_order_inside_a_time_window(
         factory: sessionmaker[Session]) -> None:
-    # Stored out of order (a clock step back, a replica that lagged): the window is by time.
-    times = [T0 + timedelta(minutes=m) for m in (30, 10, 20, 0, 40)]
+    # Stored out of order (a clock step back, a replica that lagged): the window is by
+    # time, the order is the order of storage, so the forecast can tell a step back.
+    times = [T0 + timedelta(minutes=m) for m in (30, 10, 20, 0, 40, 90)]
     _add_readings(factory, times)
 
     with factory() as s:
         got = store.readings_between(s, T0, T0 + timedelta(hours=1))
 
-    assert [r.fetched_at for r in got] == sorted(times)
+    assert [r.fetched_at for r in got] == times[:5]
     # the usage values travel with their timestamps
     by_time = {t: float(i) for i, t in enumerate(times)}
     assert [r.total_usage for r in got] == [by_time[r.fetched_at] for r in got]

@@ -219,7 +219,7 @@ def status_view(loaded: Loaded, now: datetime) -> StatusView:
     window = settings.forecast.window
     with store.sessions(loaded.engine)() as session:
         latest = store.latest_reading(session)
-        history = store.history_between(session, now - window, now)
+        history = store.forecast_history(session, now - window, now)
         attempt = store.last_attempt(session)
         names = [r.name for r in settings.rules]
         firing = store.firing_alerts(session, names)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
+
+# A reading stored this much earlier than the one stored before it means the wall
+# clock was stepped back, not that two replicas' clocks differ a little.
+CLOCK_STEP = timedelta(seconds=60)
 
 
 class Severity(StrEnum):

@@ -35,5 +35,7 @@ def setup(level: str, redactor: Redactor) -> None:
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
     # Alembic narrates its plugin setup at INFO on every start.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
-    # The scheduler narrates every run at INFO; our own tick line says more.
+    # The scheduler narrates every run at INFO, and warns of each fire time skipped
+    # while a long tick runs, which the service handles by ticking again at once.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("apscheduler.scheduler").setLevel(max(logging.ERROR, root.level))

@@ -67,12 +67,18 @@ def _clock_offset() -> float:
 def serve(tick: Callable[[], None], interval: timedelta, stop_budget: float) -> int:
     """Tick now and every `interval` until a signal; finish the tick in hand; return 0."""
     busy = threading.Lock()
+    seconds = interval.total_seconds()
 
     def job() -> None:
         with busy:
+            started = time.monotonic()
             tick()
+            overran = time.monotonic() - started >= seconds
+        if overran:
+            # The fire time that passed during this tick was skipped (max_instances=1):
+            # start the next tick now instead of a whole interval later.
+            scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
 
-    seconds = interval.total_seconds()
     scheduler = _Scheduler(
         max_wait=max(1.0, seconds),
         executors={"default": ThreadPoolExecutor(1)},

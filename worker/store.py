@@ -6,11 +6,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import ColumnElement, Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import PG_TICK_LOCK
 from worker.domain import (
+    CLOCK_STEP,
     AlertState,
     FetchKind,
     FetchOutcome,
@@ -24,6 +25,10 @@ from worker.retention import rollup_points
 from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow
 
 PENDING, SENDING, FAILED, DELIVERED = "pending", "sending", "failed", "delivered"
+# How long a claimed outbox row is left to its sender before another may take it:
+# longer than one send (apprise timeout 10 s plus its per-service throttle, 5.5 s for email).
+CLAIM_LEASE = timedelta(seconds=20)
+CLOCK_SKEW = timedelta(seconds=60)
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
@@ -45,7 +50,7 @@ def record_fetch(session: Session, now: datetime, outcome: FetchOutcome) -> Fetc
     if outcome.ok:
         streak = FetchStreak()
         session.add(ReadingRow(fetched_at=now, total_credits=outcome.total_credits,
-                               total_usage=outcome.total_usage))
+                               total_usage=outcome.total_usage, timeline=_timeline_for(session, now)))
     else:
         before = previous.streak if previous else 0
         auth_before = bool(previous and previous.streak_auth)
@@ -59,32 +64,66 @@ def record_fetch(session: Session, now: datetime, outcome: FetchOutcome) -> Fetc
     return streak
 
 
+def _timeline_for(session: Session, now: datetime) -> int:
+    latest = _latest_row(session)
+    if latest is None:
+        return 0
+    stepped_back = now < latest.fetched_at - CLOCK_STEP
+    return latest.timeline + 1 if stepped_back else latest.timeline
+
+
+def _latest_row(session: Session) -> ReadingRow | None:
+    return session.scalars(select(ReadingRow).order_by(ReadingRow.id.desc()).limit(1)).first()
+
+
 def last_attempt(session: Session) -> FetchAttemptRow | None:
     return session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
 
 
 def latest_reading(session: Session) -> Reading | None:
-    row = session.scalars(select(ReadingRow).order_by(ReadingRow.id.desc()).limit(1)).first()
+    row = _latest_row(session)
     return _reading(row) if row else None
 
 
-def readings_between(session: Session, start: datetime, end: datetime) -> list[Reading]:
-    """Readings with start <= fetched_at <= end, oldest first: an index range scan."""
+def readings_between(session: Session, start: datetime, end: datetime,
+                     timeline: int | None = None) -> list[Reading]:
+    """Readings with start <= fetched_at <= end in the order they were stored (which
+    is time order unless the wall clock stepped back): an index range scan."""
     query = (
         select(ReadingRow)
         .where(ReadingRow.fetched_at >= start, ReadingRow.fetched_at <= end)
-        .order_by(ReadingRow.fetched_at, ReadingRow.id)
+        .order_by(ReadingRow.id)
     )
+    if timeline is not None:
+        query = query.where(ReadingRow.timeline == timeline)
     return [_reading(r) for r in session.scalars(query)]
 
 
 def history_between(session: Session, start: datetime, end: datetime) -> list[Reading]:
-    """Like readings_between, reaching into hourly rollups where raw data has been folded."""
+    """Readings in the window, reaching into hourly rollups where raw data has been folded."""
     raw = readings_between(session, start, end)
     # MIN over an indexed column is one index probe on SQLite and PostgreSQL.
     oldest = session.scalar(select(func.min(ReadingRow.fetched_at)))
-    if oldest is not None and oldest <= start:
+    return _with_rollups(session, raw, oldest, start, end)
+
+
+def forecast_history(session: Session, start: datetime, end: datetime) -> list[Reading]:
+    """The window as the forecast sees it: only the readings stored since the wall
+    clock last stepped back (and rollups only while it never has)."""
+    latest = _latest_row(session)
+    if latest is None:
+        return []
+    raw = readings_between(session, start, end, latest.timeline)
+    if latest.timeline > 0:
         return raw
+    oldest = session.scalar(select(func.min(ReadingRow.fetched_at)).where(ReadingRow.timeline == 0))
+    return _with_rollups(session, raw, oldest, start, end)
+
+
+def _with_rollups(session: Session, raw: list[Reading], oldest: datetime | None,
+                  start: datetime, end: datetime) -> list[Reading]:
+    if oldest is not None and oldest <= start:
+        return raw  # the raw data covers the whole window: the common case
     until = end if oldest is None else min(end, oldest)
     older = [p for p in rollup_points(session, start, until) if oldest is None or p.fetched_at < oldest]
     return older + raw
@@ -141,29 +180,33 @@ def enqueue(session: Session, messages: Sequence[Message], now: datetime) -> Non
         )
 
 
-def due_ids(session: Session, channel: str, now: datetime, limit: int = 100) -> list[int]:
+def _claimable(now: datetime, lease: timedelta) -> ColumnElement[bool]:
+    """Pending or failed rows, and claims that expired. A claim dated further ahead
+    than a fresh lease could reach (beyond clock skew between replicas) was made
+    before the clock stepped back: expired too, or it would be held for the step."""
+    stale = (OutboxRow.claimed_until < now) | (OutboxRow.claimed_until > now + lease + CLOCK_SKEW)
+    return OutboxRow.status.in_((PENDING, FAILED)) | ((OutboxRow.status == SENDING) & stale)
+
+
+def due_ids(session: Session, channel: str, now: datetime, limit: int = 100,
+            lease: timedelta = CLAIM_LEASE) -> list[int]:
     """The channel's undelivered rows, oldest first (expired claims included)."""
-    claimable = (OutboxRow.status.in_((PENDING, FAILED))) | (
-        (OutboxRow.status == SENDING) & (OutboxRow.claimed_until < now)
-    )
     query = (
         select(OutboxRow.id)
         .where(OutboxRow.channel == channel, OutboxRow.status.in_((PENDING, FAILED, SENDING)))
-        .where(claimable)
+        .where(_claimable(now, lease))
         .order_by(OutboxRow.id)
         .limit(limit)
     )
     return list(session.scalars(query))
 
 
-def claim(session: Session, row_id: int, now: datetime, lease: timedelta) -> OutboxRow | None:
+def claim(session: Session, row_id: int, now: datetime,
+          lease: timedelta = CLAIM_LEASE) -> OutboxRow | None:
     """Take one row for sending with a conditional UPDATE; None if someone else holds it."""
-    claimable = (OutboxRow.status.in_((PENDING, FAILED))) | (
-        (OutboxRow.status == SENDING) & (OutboxRow.claimed_until < now)
-    )
     result = session.execute(
         update(OutboxRow)
-        .where(OutboxRow.id == row_id, claimable)
+        .where(OutboxRow.id == row_id, _claimable(now, lease))
         .values(status=SENDING, claimed_until=now + lease, attempts=OutboxRow.attempts + 1)
         .execution_options(synchronize_session=False)
     )

@@ -14,11 +14,15 @@ class ReadingRow(Base):
     """One successful fetch of the balance."""
 
     __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_timeline_fetched_at", "timeline", "fetched_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     total_credits: Mapped[float] = mapped_column(Double)
     total_usage: Mapped[float] = mapped_column(Double)
+    # Bumped when the wall clock steps back: readings of different timelines must not
+    # share a slope (their timestamps interleave and would count spend twice).
+    timeline: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class FetchAttemptRow(Base):

@@ -42,7 +42,8 @@ SEND_TIMEOUT = 10.0  # one apprise call, all its targets included
 THROTTLE_MARGIN = 6.0  # apprise spaces sends to one service (email: 5.5 s) before its timeout runs
 DELIVERY_BUDGET = 20.0  # no new send starts later than this into the delivery phase
 # A claim outlives the send it covers, so only a dead sender's rows are taken over.
-LEASE = timedelta(seconds=SEND_TIMEOUT + THROTTLE_MARGIN + 4)
+LEASE = store.CLAIM_LEASE
+assert timedelta(seconds=SEND_TIMEOUT + THROTTLE_MARGIN) < LEASE
 GUARD_MARGIN = 2.0
 
 
@@ -128,7 +129,7 @@ def _store_and_evaluate(deps: Deps, now: datetime, outcome: FetchOutcome) -> _Ev
     with store.tick_transaction(deps.sessions) as session:
         streak = store.record_fetch(session, now, outcome)
         session.flush()
-        history = store.history_between(session, now - settings.history_span, now)
+        history = store.forecast_history(session, now - settings.history_span, now)
         fresh = Reading(now, outcome.total_credits or 0.0, outcome.total_usage or 0.0) if outcome.ok else None
         known = fresh or store.latest_reading(session)
         burn = burn_rate(history, now, settings.forecast.window)
