@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -13,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -34,6 +36,10 @@ class _Scheduler(BlockingScheduler):  # type: ignore[misc]  # APScheduler 3 is u
         self._max_wait = max_wait
         self._stop = threading.Event()
         self._offset = _clock_offset()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() or self.state == STATE_STOPPED
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -74,10 +80,12 @@ def serve(tick: Callable[[], None], interval: timedelta, stop_budget: float) -> 
             started = time.monotonic()
             tick()
             overran = time.monotonic() - started >= seconds
-        if overran:
+        if overran and not scheduler.stopping:
             # The fire time that passed during this tick was skipped (max_instances=1):
-            # start the next tick now instead of a whole interval later.
-            scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+            # start the next tick now instead of a whole interval later. The job is gone
+            # if a signal stopped the scheduler meanwhile.
+            with contextlib.suppress(JobLookupError):
+                scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
 
     scheduler = _Scheduler(
         max_wait=max(1.0, seconds),

@@ -7,6 +7,7 @@ its own, and reports every problem as one `path: message` line.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 import tomllib
@@ -33,6 +34,7 @@ from worker.durations import DurationError, format_duration, parse_duration
 DEFAULT_FETCH_RULE = "fetch-failing"
 _VAR = re.compile(r"\$\{([^}]*)\}|\$\$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -335,7 +337,13 @@ def _lookup(match: re.Match[str], environ: Mapping[str, str], path: str, problem
 
 
 def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    key = _shown_key(key)
+    return f"{path}{key}" if key.startswith("[") else (f"{path}.{key}" if path else key)
+
+
+def _shown_key(key: str) -> str:
+    """A key as the path shows it: bare when plain, else quoted and escaped on one line."""
+    return key if _PLAIN_KEY.match(key) else f"[{json.dumps(key)}]"
 
 
 def _describe(err: ValidationError) -> list[str]:
@@ -358,7 +366,7 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
     return out or "settings"
 
 
