@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db
+import worker.db  # noqa: F401 - autogenerate refers to worker.db.UTCDateTime
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}
