@@ -137,9 +137,16 @@ class Mutation:
 
 
 def dotted(path: tuple[Any, ...]) -> str:
+    """The path as problem lines spell it: a key that is not plain letters, digits, '-'
+    or '_' shows quoted in brackets, so a newline or a dot in it cannot mislead."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out
 
 
@@ -205,7 +212,8 @@ def unknown_keys(draw: st.DrawFn) -> Mutation:
     value = draw(st.sampled_from([1, "5m", True, 2.5, ["a"]]))
     if where in ("channels", "rules"):
         i = draw(st.integers(0, 1 if where == "channels" else 3))
-        return Mutation((where, i, key), value, VALIDATE, f"{where}[{i}].{key}", "unknown key")
+        path = (where, i, key)
+        return Mutation(path, value, VALIDATE, dotted(path), "unknown key")
     path = (where, key) if where else (key,)
     return Mutation(path, value, VALIDATE, dotted(path), "unknown key")
 
