@@ -76,7 +76,8 @@ def test_upgrade_creates_the_indexes_the_queries_rely_on(engine: Engine) -> None
 
     assert ["fetched_at"] in indexed("readings")
     assert ["at"] in indexed("fetch_attempts")
-    assert ["channel", "status", "id"] in indexed("outbox")
+    assert ["status", "channel", "id"] in indexed("outbox")
+    assert ["delivered_at"] in indexed("outbox")
     uniques = [sorted(u["column_names"]) for u in insp.get_unique_constraints("outbox")]
     assert ["channel", "key"] in uniques
     assert insp.get_pk_constraint("alert_states")["constrained_columns"] == ["rule"]
@@ -318,3 +319,25 @@ def test_pip_installed_creditwatch_migrates_from_an_empty_folder(
     same = subprocess.run([str(python), "-m", "worker", "--version"], env=env, cwd=folder,
                           capture_output=True, text=True, timeout=60)
     assert same.returncode == 0 and "creditwatch" in same.stdout
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    """worker.db.HEAD lets run/check skip Alembic on a migrated database: it must name
+    the newest migration, or a new migration would never be applied."""
+    from alembic.script import ScriptDirectory
+
+    from worker.db import HEAD, alembic_config, make_engine
+
+    script = ScriptDirectory.from_config(alembic_config(make_engine("sqlite://")))
+    assert script.get_heads() == [HEAD]
+
+
+def test_upgrade_applies_migrations_when_behind_head(sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    from alembic import command
+
+    command.upgrade(db.alembic_config(engine), "0002")
+    assert not db.at_head(engine)
+    db.upgrade(engine)
+    assert db.at_head(engine)
+    assert "timeline" in [c["name"] for c in inspect(engine).get_columns("readings")]

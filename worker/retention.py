@@ -50,7 +50,7 @@ def _one_batch(session: Session, raw_cutoff: datetime, rollup_cutoff: datetime) 
         rollups=_delete_where(session, RollupRow, RollupRow.hour < rollup_cutoff, RollupRow.hour),
         attempts=_prune_attempts(session, raw_cutoff),
         outbox=_delete_where(session, OutboxRow, (OutboxRow.status == "delivered")
-                             & (OutboxRow.delivered_at < raw_cutoff), OutboxRow.id),
+                             & (OutboxRow.delivered_at < raw_cutoff), OutboxRow.delivered_at),
     )
 
 
@@ -82,10 +82,12 @@ def _prune_attempts(session: Session, cutoff: datetime) -> int:
         return 0
     return _delete_where(session, FetchAttemptRow,
                          (FetchAttemptRow.at < cutoff) & (FetchAttemptRow.id < newest),
-                         FetchAttemptRow.id)
+                         FetchAttemptRow.at)
 
 
 def _delete_where(session: Session, table: type, condition: object, order: object) -> int:
+    """Delete one batch; `order` must be the indexed column the condition bounds, so that
+    a tick with nothing to prune reads one index entry, not the table."""
     key = table.__mapper__.primary_key[0]  # type: ignore[attr-defined]
     ids = list(session.scalars(select(key).where(condition).order_by(order).limit(BATCH)))  # type: ignore[arg-type]
     if ids:

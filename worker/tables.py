@@ -14,14 +14,14 @@ class ReadingRow(Base):
     """One successful fetch of the balance."""
 
     __tablename__ = "readings"
-    __table_args__ = (Index("ix_readings_timeline_fetched_at", "timeline", "fetched_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     total_credits: Mapped[float] = mapped_column(Double)
     total_usage: Mapped[float] = mapped_column(Double)
     # Bumped when the wall clock steps back: readings of different timelines must not
-    # share a slope (their timestamps interleave and would count spend twice).
+    # share a slope (their timestamps interleave and would count spend twice). No index
+    # of its own: it filters the rows of a fetched_at range, which bounds the cost.
     timeline: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
@@ -61,7 +61,7 @@ class OutboxRow(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("key", "channel"),
-        Index("ix_outbox_channel_status_id", "channel", "status", "id"),
+        Index("ix_outbox_status_channel_id", "status", "channel", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -45,6 +45,7 @@ DELIVERY_BUDGET = 20.0  # no new send starts later than this into the delivery p
 LEASE = store.CLAIM_LEASE
 assert timedelta(seconds=SEND_TIMEOUT + THROTTLE_MARGIN) < LEASE
 GUARD_MARGIN = 2.0
+RETENTION_EVERY = timedelta(hours=1)
 
 
 def worst_case_seconds(fetch_timeout: float) -> float:
@@ -62,6 +63,7 @@ class Deps:
     endpoint: Endpoint
     channels: Mapping[str, Channel]
     redact: Redactor = field(default_factory=Redactor)
+    retained_at: datetime | None = None  # when retention last ran in this process
 
 
 @dataclass(frozen=True)
@@ -199,10 +201,12 @@ def deliver(deps: Deps, now: datetime) -> tuple[int, int]:
     """
     started = time.monotonic()
     counts: dict[str, tuple[int, int]] = {}
+    with deps.sessions() as session:
+        waiting = store.channels_with_due(session, now)  # one query on a quiet tick
     threads = [
         threading.Thread(target=_deliver_channel, args=(deps, ch, now, started, counts), daemon=True,
                          name=f"cw-deliver-{name}")
-        for name, ch in deps.channels.items()
+        for name, ch in deps.channels.items() if name in waiting
     ]
     for t in threads:
         t.start()
@@ -252,7 +256,12 @@ def _deliver_one(deps: Deps, channel: Channel, row_id: int, at: datetime) -> boo
 
 
 def _retain(deps: Deps, now: datetime) -> None:
-    """Fold and prune old rows; a failure here is logged and never fails the tick."""
+    """Fold and prune old rows, at most once an hour (rollups are hourly, the cut-off
+    moves one interval a tick); a failure is logged and never fails the tick."""
+    last = deps.retained_at
+    if last is not None and last <= now < last + RETENTION_EVERY:
+        return
+    deps.retained_at = now
     db = deps.settings.database
     try:
         pruned = prune(deps.sessions, now, db.keep_raw, db.keep_rollups)

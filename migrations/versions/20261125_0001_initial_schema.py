@@ -67,7 +67,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('key', 'channel', name=op.f('uq_outbox_key_channel'))
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index('ix_outbox_channel_status_id', ['channel', 'status', 'id'], unique=False)
+        batch_op.create_index('ix_outbox_status_channel_id', ['status', 'channel', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_delivered_at'), ['delivered_at'], unique=False)
 
     op.create_table('readings',
@@ -91,7 +91,7 @@ def downgrade() -> None:
     op.drop_table('readings')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outbox_delivered_at'))
-        batch_op.drop_index('ix_outbox_channel_status_id')
+        batch_op.drop_index('ix_outbox_status_channel_id')
 
     op.drop_table('outbox')
     with op.batch_alter_table('fetch_attempts', schema=None) as batch_op:
