@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     config, out, interval_ms, last = argv
     # From here on this is commands.cmd_run, but for the interval, the clock and the probe.
     loaded = commands.load(argparse.Namespace(config=config, log_level="INFO"), os.environ, need_key=True)
-    commands.migrate(loaded)
+    commands.migrate_in_child(loaded, os.environ)
     deps = commands._tick_deps(loaded, os.environ)
     clock = VirtualClock(db.now_utc(), loaded.settings.schedule.interval)
     probe = Probe(Path(out), int(last))

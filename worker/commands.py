@@ -118,6 +118,27 @@ def migrate(loaded: Loaded) -> None:
         raise database_problem(err, loaded) from None
 
 
+def migrate_in_child(loaded: Loaded, environ: Mapping[str, str]) -> None:
+    """Migrate in a child process, so the service never keeps Alembic in memory."""
+    import subprocess
+    import sys
+
+    from worker.migrate import URL_VARIABLE
+
+    try:
+        if db.at_head(loaded.engine):
+            return
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+    env = {**environ, URL_VARIABLE: loaded.settings.database.url.get_secret_value()}
+    done = subprocess.run([sys.executable, "-m", "worker.migrate"], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        url = db.redacted_url(loaded.settings.database.url.get_secret_value())
+        last = (done.stderr.strip().splitlines() or ["migration failed"])[-1]
+        raise RuntimeProblem(loaded.redact(f"database {url}: {last}"))
+
+
 def _require_schema(loaded: Loaded) -> None:
     url = loaded.engine.url
     # Connecting would create an empty SQLite file: a read-only command must not.
@@ -184,7 +205,7 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
     from worker.tick import run_tick, summary_line, worst_case_seconds
 
     loaded = load(args, environ, need_key=True)
-    migrate(loaded)
+    migrate_in_child(loaded, environ)
     deps = _tick_deps(loaded, environ)
 
     def tick() -> None:
