@@ -48,9 +48,9 @@ def status_json(view: StatusView) -> str:
         "fetched_at": iso(r.fetched_at) if r else None,
         "total_credits": r.total_credits if r else None,
         "total_usage": r.total_usage if r else None,
-        "remaining": r.remaining if r else None,
-        "burn_rate_per_hour": view.burn_per_hour,
-        "runway_hours": view.runway_hours,
+        "remaining": _usd(r.remaining) if r else None,
+        "burn_rate_per_hour": _round(view.burn_per_hour),
+        "runway_hours": _round(view.runway_hours),
         "forecast_window": format_duration(view.window),
         "last_fetch": _last_fetch(view.last_fetch),
         "alerts": [
@@ -61,6 +61,15 @@ def status_json(view: StatusView) -> str:
         "undelivered_notifications": view.undelivered,
     }
     return json.dumps(doc, indent=2)
+
+
+def _usd(value: float) -> float:
+    """A difference of two API amounts without float noise (79.5, not 79.49999999999999)."""
+    return round(value, 6)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _last_fetch(last: LastFetch | None) -> dict[str, Any] | None:
@@ -107,7 +116,7 @@ def history_json(readings: Sequence[Reading]) -> str:
 
 def _history_row(r: Reading) -> dict[str, Any]:
     return {"fetched_at": iso(r.fetched_at), "total_credits": r.total_credits,
-            "total_usage": r.total_usage, "remaining": r.remaining}
+            "total_usage": r.total_usage, "remaining": _usd(r.remaining)}
 
 
 def history_csv(readings: Sequence[Reading]) -> str:
@@ -115,7 +124,8 @@ def history_csv(readings: Sequence[Reading]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["fetched_at", "total_credits", "total_usage", "remaining"])
     for r in readings:
-        writer.writerow([iso(r.fetched_at), repr(r.total_credits), repr(r.total_usage), repr(r.remaining)])
+        row = (r.total_credits, r.total_usage, _usd(r.remaining))
+        writer.writerow([iso(r.fetched_at), *map(repr, row)])
     return out.getvalue().rstrip("\n")
 
 
