@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -114,6 +115,25 @@ def _pg_admin_connection(url: URL) -> psycopg.Connection[Any]:
         fallback = url.set(drivername="postgresql", database="postgres")
         return psycopg.connect(fallback.render_as_string(hide_password=False),
                                autocommit=True, connect_timeout=10)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """In-process tests call commands.load, which installs the service's log handler on
+    the root logger and caps a few loggers: put everything back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
+              if isinstance(logger, logging.Logger)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(levels.get(name, logging.NOTSET))
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -43,20 +43,6 @@ RULES = ("low", "burn", "runway", "fetch")
 # --------------------------------------------------------------------------- in-process ticks
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """commands.load installs the service's log handler on the root logger; undo it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
-              if isinstance(logger, logging.Logger)}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger):
-            logger.setLevel(levels.get(name, logging.NOTSET))  # logs.setup caps a few
-
 
 def settings_file(tmp_path: Path, api: FakeOpenRouter, db_url: str, hook: str) -> Path:
     """Every rule type, each firing in the scenario below, all to one webhook."""

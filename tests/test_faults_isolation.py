@@ -11,7 +11,6 @@ them, and its log is read as the operator would see it on stderr.
 from __future__ import annotations
 
 import argparse
-import logging
 import textwrap
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -44,20 +43,6 @@ def _cwboom(body: str, title: str, notify_type: str, meta: dict[str, Any], *args
     msg = f"plugin crashed talking to {meta.get('url')} with token {BOOM_TOKEN} and key {KEY}"
     raise RuntimeError(msg)
 
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """commands.load installs the service's log handler on the root logger; undo it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
-              if isinstance(logger, logging.Logger)}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger):
-            logger.setLevel(levels.get(name, logging.NOTSET))  # logs.setup caps a few
 
 
 def settings_file(tmp_path: Path, api: FakeOpenRouter, channels: Mapping[str, str]) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import re
@@ -372,20 +371,6 @@ def test_a_key_with_a_newline_stays_on_one_line() -> None:
 
 # =========================================================================== (b) API bodies
 
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """commands.load installs the service's log handler on the root logger; undo it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
-              if isinstance(logger, logging.Logger)}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger):
-            logger.setLevel(levels.get(name, logging.NOTSET))  # logs.setup caps a few
 
 
 @dataclass

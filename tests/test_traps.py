@@ -48,20 +48,6 @@ SLACK_TOKENS = ("T0CANARYA", "B0CANARYB", "cwSlackCanaryTokenC0123456")
 SLACK_URL = "slack://{}/{}/{}".format(*SLACK_TOKENS)
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """logs.setup and commands.load install the service's root handler; undo it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
-              if isinstance(logger, logging.Logger)}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger):
-            logger.setLevel(levels.get(name, logging.NOTSET))  # logs.setup caps a few
-
 
 # --------------------------------------------------------------------------- APScheduler
 
