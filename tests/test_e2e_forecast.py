@@ -156,7 +156,7 @@ def test_status_and_messages_carry_burn_and_runway(tmp_path: Path, run_cli: RunC
     status: dict[str, Any] = json.loads(run_cli("status", "--json", config=config).stdout)
     assert status["burn_rate_per_hour"] > 1000
     assert 0 < status["runway_hours"] < 1
-    assert abs(status["runway_hours"] - 89 / status["burn_rate_per_hour"]) < 1e-5
+    assert abs(status["runway_hours"] - 89 / status["burn_rate_per_hour"]) < 1e-6
     [message] = webhook.messages
     assert "short-runway" in message["title"]
     assert "Burning $" in message["message"] and "left" in message["message"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from worker import __version__
+from worker.durations import DurationError, parse_duration
 
 EX_USAGE = 64
 EX_CONFIG = 78
@@ -107,8 +108,6 @@ def settings_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
 
 
 def parse_since(text: str) -> timedelta:
-    from worker.durations import DurationError, parse_duration
-
     try:
         return parse_duration(text)
     except DurationError as err:

@@ -7,27 +7,39 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker import db, logs, store
 from worker.cli import EX_FAILURE, ConfigError, UsageError, parse_since, settings_path
+from worker.config_view import render_settings
 from worker.delivery import Channel, Delivered, check_urls
 from worker.domain import ExitCode, Reading
 from worker.forecast import burn_rate, runway_hours
+from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
 from worker.redact import Redactor, url_secrets
-from worker.reports import FiringAlert, LastFetch, StatusView
+from worker.reports import (
+    FiringAlert,
+    LastFetch,
+    StatusView,
+    history_csv,
+    history_json,
+    history_table,
+    status_json,
+    status_text,
+)
+from worker.rules import hours_text, money
 from worker.settings import Settings, SettingsError, parse_settings
-
-if TYPE_CHECKING:  # tick pulls in requests and apprise wiring; only run and check need it
-    from worker.tick import Deps, TickReport
+from worker.tick import SEND_TIMEOUT, Deps, TickReport, run_tick, summary_line, worst_case_seconds
 
 log = logging.getLogger("creditwatch")
 
@@ -81,8 +93,6 @@ def _read_settings(path: Path, environ: Mapping[str, str]) -> Settings:
 
 
 def _db_secrets(settings: Settings) -> list[str]:
-    from sqlalchemy.engine import make_url
-
     raw = settings.database.url.get_secret_value()
     try:
         password = make_url(raw).password
@@ -120,10 +130,6 @@ def migrate(loaded: Loaded) -> None:
 
 def migrate_in_child(loaded: Loaded, environ: Mapping[str, str]) -> None:
     """Migrate in a child process, so the service never keeps Alembic in memory."""
-    import subprocess
-    import sys
-
-    from worker.migrate import URL_VARIABLE
 
     try:
         if db.at_head(loaded.engine):
@@ -159,7 +165,6 @@ def _require_schema(loaded: Loaded) -> None:
 
 
 def _tick_deps(loaded: Loaded, environ: Mapping[str, str]) -> Deps:
-    from worker.tick import Deps
 
     o = loaded.settings.openrouter
     endpoint = Endpoint(o.base_url, environ[o.api_key_env], o.timeout.total_seconds())
@@ -169,8 +174,6 @@ def _tick_deps(loaded: Loaded, environ: Mapping[str, str]) -> Deps:
 
 
 def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
-    from worker.tick import run_tick, summary_line
-
     loaded = load(args, environ, need_key=True)
     migrate(loaded)
     try:
@@ -182,8 +185,6 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int
 
 
 def nagios_line(report: TickReport) -> str:
-    from worker.rules import hours_text, money
-
     code = report.exit_code
     parts = []
     if report.latest is not None:
@@ -201,8 +202,7 @@ def nagios_line(report: TickReport) -> str:
 
 
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
-    from worker.service import serve
-    from worker.tick import run_tick, summary_line, worst_case_seconds
+    from worker.service import serve  # lazy: APScheduler is needed by `run` alone
 
     loaded = load(args, environ, need_key=True)
     migrate_in_child(loaded, environ)
@@ -224,8 +224,6 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
-    from worker.reports import status_json, status_text
-
     loaded = load(args, environ)
     _require_schema(loaded)
     try:
@@ -256,8 +254,6 @@ def status_view(loaded: Loaded, now: datetime) -> StatusView:
 
 
 def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
-    from worker.reports import history_csv, history_json, history_table
-
     since = parse_since(args.since)
     loaded = load(args, environ)
     _require_schema(loaded)
@@ -275,8 +271,6 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[i
 
 
 def cmd_notify_test(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
-    from worker.tick import SEND_TIMEOUT
-
     loaded = load(args, environ)
     chosen = [c for c in loaded.settings.channels if args.channel in (None, c.name)]
     if args.channel is not None and not chosen:
@@ -303,8 +297,6 @@ def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> tupl
 
 
 def cmd_config_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
-    from worker.config_view import render_settings
-
     loaded = load(args, environ)
     key_set = bool(environ.get(loaded.settings.openrouter.api_key_env))
     return 0, render_settings(loaded.settings, key_set, loaded.redact)

@@ -49,8 +49,8 @@ def status_json(view: StatusView) -> str:
         "total_credits": r.total_credits if r else None,
         "total_usage": r.total_usage if r else None,
         "remaining": _usd(r.remaining) if r else None,
-        "burn_rate_per_hour": _round(view.burn_per_hour),
-        "runway_hours": _round(view.runway_hours),
+        "burn_rate_per_hour": view.burn_per_hour,
+        "runway_hours": view.runway_hours,
         "forecast_window": format_duration(view.window),
         "last_fetch": _last_fetch(view.last_fetch),
         "alerts": [
@@ -66,10 +66,6 @@ def status_json(view: StatusView) -> str:
 def _usd(value: float) -> float:
     """A difference of two API amounts without float noise (79.5, not 79.49999999999999)."""
     return round(value, 6)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
 
 
 def _last_fetch(last: LastFetch | None) -> dict[str, Any] | None:
