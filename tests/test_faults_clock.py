@@ -30,7 +30,8 @@ from sqlalchemy import text
 
 import worker.service
 from worker import commands, reports, store
-from worker.tick import LEASE, Deps, TickReport, run_tick
+from worker.outbox import LEASE
+from worker.tick import Deps, TickReport, run_tick
 
 KEY = "sk-or-v1-faults-clock-0004"
 ENV = {"OPENROUTER_API_KEY": KEY}

@@ -26,6 +26,7 @@ from worker.domain import ExitCode, Reading
 from worker.forecast import burn_rate, runway_hours
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
+from worker.outbox import SEND_TIMEOUT
 from worker.redact import Redactor, url_secrets
 from worker.reports import (
     FiringAlert,
@@ -39,7 +40,7 @@ from worker.reports import (
 )
 from worker.rules import hours_text, money
 from worker.settings import Settings, SettingsError, parse_settings
-from worker.tick import SEND_TIMEOUT, Deps, TickReport, run_tick, summary_line, worst_case_seconds
+from worker.tick import Deps, TickReport, run_tick, summary_line, worst_case_seconds
 
 log = logging.getLogger("creditwatch")
 

@@ -7,13 +7,12 @@ its own, and reports every problem as one `path: message` line.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,20 +29,18 @@ from pydantic import (
 
 from worker.domain import Severity
 from worker.durations import DurationError, format_duration, parse_duration
+from worker.settings_checks import (
+    ENV_NAME,
+    cross_check,
+    describe,
+    expand,
+)
+from worker.settings_checks import (
+    SettingsError as SettingsError,  # re-exported: the error of parse_settings
+)
 
 DEFAULT_FETCH_RULE = "fetch-failing"
-_VAR = re.compile(r"\$\{([^}]*)\}|\$\$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class SettingsError(Exception):
-    """Settings that cannot be used; `problems` holds one `path: message` line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def _duration(value: object) -> timedelta:
@@ -108,7 +105,7 @@ class OpenRouter(_Model):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if not _ENV_NAME.match(value):
+        if not ENV_NAME.match(value):
             msg = "must be the name of an environment variable, such as OPENROUTER_API_KEY"
             raise ValueError(msg)
         return value
@@ -263,7 +260,6 @@ class FetchFailureRule(_Rule):
 Rule = Annotated[
     ThresholdRule | BurnRateRule | RunwayRule | FetchFailureRule, Field(discriminator="type")
 ]
-RULE_TYPES = ("threshold", "burn_rate", "runway", "fetch_failure")
 
 
 class Settings(_Model):
@@ -299,124 +295,18 @@ def parse_settings(text: str, environ: Mapping[str, str]) -> Settings:
     except tomllib.TOMLDecodeError as err:
         raise SettingsError([f"settings: not valid TOML: {err}"]) from None
     problems: list[str] = []
-    expanded = _expand(raw, environ, "", problems)
+    expanded = expand(raw, environ, "", problems)
     # Report every problem at once: a value whose variable is unset is not judged again.
     unset = {line.split(": ", 1)[0] for line in problems}
     settings: Settings | None = None
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as err:
-        problems += [line for line in _describe(err) if line.split(": ", 1)[0] not in unset]
-    problems += [line for line in _cross_check(expanded) if line.split(": ", 1)[0] not in unset]
+        problems += [line for line in describe(err) if line.split(": ", 1)[0] not in unset]
+    problems += [line for line in cross_check(expanded) if line.split(": ", 1)[0] not in unset]
     if problems or settings is None:
         raise SettingsError(problems or ["settings: invalid"])
     return _with_default_fetch_rule(settings)
-
-
-def _expand(node: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    if isinstance(node, dict):
-        return {k: _expand(v, environ, _join(path, k), problems) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(node)]
-    if isinstance(node, str):
-        return _VAR.sub(lambda m: _lookup(m, environ, path, problems), node)
-    return node
-
-
-def _lookup(match: re.Match[str], environ: Mapping[str, str], path: str, problems: list[str]) -> str:
-    if match.group(0) == "$$":
-        return "$"
-    name = match.group(1)
-    if not _ENV_NAME.match(name):
-        problems.append(f"{path}: '${{{name}}}' is not a valid environment variable reference")
-        return ""
-    if name not in environ:
-        problems.append(f"{path}: environment variable {name} is not set")
-        return ""
-    return environ[name]
-
-
-def _join(path: str, key: str) -> str:
-    key = _shown_key(key)
-    return f"{path}{key}" if key.startswith("[") else (f"{path}.{key}" if path else key)
-
-
-def _shown_key(key: str) -> str:
-    """A key as the path shows it: bare when plain, else quoted and escaped on one line."""
-    return key if _PLAIN_KEY.match(key) else f"[{json.dumps(key)}]"
-
-
-def _describe(err: ValidationError) -> list[str]:
-    lines = []
-    for item in err.errors(include_input=False, include_url=False):
-        loc = _clean_loc(item["loc"])
-        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc = (*loc, "type")
-        lines.append(f"{_format_loc(loc)}: {_message(item)}")
-    return lines or ["settings: invalid"]
-
-
-def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    # A discriminated union puts the tag in the path: rules.0.threshold.below.
-    if len(loc) >= 3 and loc[0] == "rules" and loc[2] in RULE_TYPES:
-        return loc[:2] + loc[3:]
-    return loc
-
-
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
-    return out or "settings"
-
-
-def _message(item: Any) -> str:
-    kind = item["type"]
-    if kind == "union_tag_invalid":
-        return f"unknown rule type {item['ctx']['tag']!r} (expected one of {', '.join(RULE_TYPES)})"
-    if kind == "union_tag_not_found":
-        return f"missing 'type' (one of {', '.join(RULE_TYPES)})"
-    if kind == "extra_forbidden":
-        return "unknown setting"
-    if kind == "missing":
-        return "required setting is missing"
-    msg = str(item["msg"])
-    return msg.removeprefix("Value error, ")
-
-
-def _cross_check(doc: Any) -> list[str]:
-    """Names unique and channels defined, judged on the raw document so that these
-    problems show up beside any validation errors."""
-    channels = _named_tables(doc, "channels")
-    rules = _named_tables(doc, "rules")
-    problems = _duplicates("channels", [t.get("name") for t in channels])
-    problems += _duplicates("rules", [t.get("name") for t in rules])
-    known = {t.get("name") for t in channels if isinstance(t.get("name"), str)}
-    for i, rule in enumerate(rules):
-        wanted = rule.get("channels")
-        for j, name in enumerate(wanted if isinstance(wanted, list) else []):
-            if isinstance(name, str) and name not in known:
-                problems.append(f"rules[{i}].channels[{j}]: undefined channel {name!r}")
-    return problems
-
-
-def _named_tables(doc: Any, section: str) -> list[dict[str, Any]]:
-    items = doc.get(section) if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        return []
-    return [t if isinstance(t, dict) else {} for t in items]
-
-
-def _duplicates(section: str, names: list[Any]) -> list[str]:
-    seen: set[str] = set()
-    problems = []
-    for i, name in enumerate(names):
-        if not isinstance(name, str):
-            continue
-        if name in seen:
-            problems.append(f"{section}[{i}].name: duplicate name {name!r}")
-        seen.add(name)
-    return problems
 
 
 def _with_default_fetch_rule(settings: Settings) -> Settings:

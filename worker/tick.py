@@ -13,8 +13,8 @@ from typing import TypeVar
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import store
-from worker.delivery import Channel, Delivered, Failed
+from worker import outbox, store
+from worker.delivery import Channel
 from worker.domain import (
     AlertState,
     ExitCode,
@@ -29,6 +29,9 @@ from worker.forecast import burn_rate, runway_hours
 from worker.lifecycle import Policy, notifies, step
 from worker.messages import Context, render
 from worker.openrouter import Endpoint, fetch_credits
+
+# Re-exported for the shell and the tests: one tick's delivery limits.
+from worker.outbox import DELIVERY_BUDGET, SEND_TIMEOUT, THROTTLE_MARGIN
 from worker.redact import Redactor
 from worker.retention import Pruned, prune
 from worker.rules import Facts, evaluate
@@ -38,12 +41,6 @@ from worker.verdict import exit_code
 log = logging.getLogger("creditwatch.tick")
 T = TypeVar("T")
 
-SEND_TIMEOUT = 10.0  # one apprise call, all its targets included
-THROTTLE_MARGIN = 6.0  # apprise spaces sends to one service (email: 5.5 s) before its timeout runs
-DELIVERY_BUDGET = 20.0  # no new send starts later than this into the delivery phase
-# A claim outlives the send it covers, so only a dead sender's rows are taken over.
-LEASE = store.CLAIM_LEASE
-assert timedelta(seconds=SEND_TIMEOUT + THROTTLE_MARGIN) < LEASE
 GUARD_MARGIN = 2.0
 RETENTION_EVERY = timedelta(hours=1)
 
@@ -193,66 +190,8 @@ def _messages(
 
 
 def deliver(deps: Deps, now: datetime) -> tuple[int, int]:
-    """Send every due outbox row, one thread per channel so a dead one delays no other.
-
-    New sends start only within DELIVERY_BUDGET; a send in flight is waited for
-    (it is bounded by SEND_TIMEOUT and the service's own throttle), so a tick
-    never leaves a message claimed but unrecorded when it can help it.
-    """
-    started = time.monotonic()
-    counts: dict[str, tuple[int, int]] = {}
-    with deps.sessions() as session:
-        waiting = store.channels_with_due(session, now)  # one query on a quiet tick
-    threads = [
-        threading.Thread(target=_deliver_channel, args=(deps, ch, now, started, counts), daemon=True,
-                         name=f"cw-deliver-{name}")
-        for name, ch in deps.channels.items() if name in waiting
-    ]
-    for t in threads:
-        t.start()
-    deadline = started + DELIVERY_BUDGET + SEND_TIMEOUT + THROTTLE_MARGIN
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    return sum(d for d, _ in counts.values()), sum(f for _, f in counts.values())
-
-
-def _deliver_channel(deps: Deps, channel: Channel, now: datetime, started: float,
-                     counts: dict[str, tuple[int, int]]) -> None:
-    delivered = failed = 0
-    try:
-        with deps.sessions() as session:
-            ids = store.due_ids(session, channel.name, now)
-        for row_id in ids:
-            if time.monotonic() - started > DELIVERY_BUDGET:
-                break  # the rest waits for the next tick
-            at = now + timedelta(seconds=time.monotonic() - started)
-            ok = _deliver_one(deps, channel, row_id, at)
-            if ok is None:
-                continue
-            delivered, failed = delivered + ok, failed + (not ok)
-            if not ok:
-                break  # keep the channel's messages in order: later ones wait behind this one
-    except Exception as err:  # noqa: BLE001 - a channel's failure stays with that channel
-        log.error("delivery to channel %s failed: %s", channel.name, deps.redact(repr(err)))
-    counts[channel.name] = (delivered, failed)
-
-
-def _deliver_one(deps: Deps, channel: Channel, row_id: int, at: datetime) -> bool | None:
-    with deps.sessions.begin() as session:
-        row = store.claim(session, row_id, at, LEASE)
-        if row is None:
-            return None
-        title, body, kind, key = row.title, row.body, row.notify_type, row.key
-    result = channel.send(title, body, kind, SEND_TIMEOUT)
-    with deps.sessions.begin() as session:
-        if isinstance(result, Delivered):
-            store.mark_delivered(session, row_id, at)
-            return True
-        assert isinstance(result, Failed)
-        store.mark_failed(session, row_id, deps.redact(result.reason))
-    log.warning("channel %s did not accept %s: %s; it stays in the outbox", channel.name, key,
-                deps.redact(result.reason))
-    return False
+    """Send every due outbox row; (delivered, failed) counts."""
+    return outbox.deliver(deps.sessions, deps.channels, deps.redact, now)
 
 
 def _retain(deps: Deps, now: datetime) -> None:
