@@ -653,3 +653,20 @@ def write_settings(directory: Path, text: str, name: str = "settings.toml") -> P
     path = directory / name
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
     return path
+
+
+def make_settings(tmp_path: Path, api: FakeOpenRouter, *, channels: Mapping[str, str] | None = None,
+                  rules: str = "", timeout: str = "1s", repeat: str | None = None,
+                  alerts_extra: str = "", extra: str = "", name: str = "settings.toml") -> Path:
+    """A settings file for the end-to-end tests: the fake API, the test's own SQLite
+    database, a 1 s interval, the given channels and rules (TOML text, any indent)."""
+    chans = "".join(f'\n[[channels]]\nname = "{n}"\nurl = "{u}"\n' for n, u in (channels or {}).items())
+    alerts = f'[alerts]\nrepeat_interval = "{repeat}"\n{alerts_extra}\n' if repeat is not None else ""
+    text = (
+        f'[openrouter]\nbase_url = "{api.base_url}"\ntimeout = "{timeout}"\n\n'
+        f'[schedule]\ninterval = "1s"\n\n'
+        f'[database]\nurl = "sqlite:///{tmp_path}/cw.db"\n\n'
+        f"{alerts}{textwrap.dedent(extra)}\n{chans}\n{textwrap.dedent(rules)}"
+    )
+    return write_settings(tmp_path, text, name=name)
+

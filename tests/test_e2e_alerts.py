@@ -3,7 +3,6 @@ routing by channel and the outbox that retries a channel which refused a message
 
 from __future__ import annotations
 
-import textwrap
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -11,27 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import Result, RunCli
-from fakes import FakeOpenRouter, SmtpServer, WebhookReceiver, write_settings
+from fakes import FakeOpenRouter, SmtpServer, WebhookReceiver, make_settings
 
 KEY = "sk-or-v1-e2e-alerts-0001"
 
 Cli = Callable[..., Result]
 
 
-def make_settings(tmp_path: Path, api: FakeOpenRouter, *, channels: Mapping[str, str],
-                  rules: str, repeat: str = "6h", timeout: str = "1s",
-                  alerts_extra: str = "") -> Path:
-    """A settings file on the test's own SQLite database, pointing at the fake API."""
-    chans = "".join(f'\n[[channels]]\nname = "{name}"\nurl = "{url}"\n'
-                    for name, url in channels.items())
-    text = (
-        f'[openrouter]\nbase_url = "{api.base_url}"\ntimeout = "{timeout}"\n\n'
-        f'[schedule]\ninterval = "1s"\n\n'
-        f'[database]\nurl = "sqlite:///{tmp_path}/cw.db"\n\n'
-        f'[alerts]\nrepeat_interval = "{repeat}"\n{alerts_extra}\n'
-        f"{chans}\n{textwrap.dedent(rules)}"
-    )
-    return write_settings(tmp_path, text)
 
 
 @pytest.fixture

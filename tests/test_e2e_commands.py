@@ -8,7 +8,6 @@ import io
 import json
 import re
 import sqlite3
-import textwrap
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import Result, RunCli
-from fakes import FakeOpenRouter, SmtpServer, WebhookReceiver, write_settings
+from fakes import FakeOpenRouter, SmtpServer, WebhookReceiver, make_settings, write_settings
 
 KEY = "sk-or-v1-e2e-commands-0003"
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -27,17 +26,6 @@ PROBLEM_LINE = re.compile(r"^[A-Za-z_][\w-]*(\[\d+\])?(\.[\w-]+(\[\d+\])?)*: \S.
 Cli = Callable[..., Result]
 
 
-def make_settings(tmp_path: Path, api: FakeOpenRouter, *, channels: Mapping[str, str] = {},
-                  rules: str = "", extra: str = "", name: str = "settings.toml") -> Path:
-    """A settings file on the test's own SQLite database, pointing at the fake API."""
-    chans = "".join(f'\n[[channels]]\nname = "{n}"\nurl = "{u}"\n' for n, u in channels.items())
-    text = (
-        f'[openrouter]\nbase_url = "{api.base_url}"\ntimeout = "1s"\n\n'
-        f'[schedule]\ninterval = "1s"\n\n'
-        f'[database]\nurl = "sqlite:///{tmp_path}/cw.db"\n\n'
-        f"{textwrap.dedent(extra)}\n{chans}\n{textwrap.dedent(rules)}"
-    )
-    return write_settings(tmp_path, text, name=name)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ stored as failures (never as readings) and leave the balance alerts as they were
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -12,26 +11,13 @@ from typing import Any
 
 import pytest
 from conftest import Result, RunCli
-from fakes import CaptureServer, FakeOpenRouter, Resp, WebhookReceiver, write_settings
+from fakes import CaptureServer, FakeOpenRouter, Resp, WebhookReceiver, make_settings
 
 KEY = "sk-or-v1-e2e-fetch-0002"
 
 Cli = Callable[..., Result]
 
 
-def make_settings(tmp_path: Path, api: FakeOpenRouter, *, channels: Mapping[str, str],
-                  rules: str = "", repeat: str = "6h", timeout: str = "1s") -> Path:
-    """A settings file on the test's own SQLite database, pointing at the fake API."""
-    chans = "".join(f'\n[[channels]]\nname = "{name}"\nurl = "{url}"\n'
-                    for name, url in channels.items())
-    text = (
-        f'[openrouter]\nbase_url = "{api.base_url}"\ntimeout = "{timeout}"\n\n'
-        f'[schedule]\ninterval = "1s"\n\n'
-        f'[database]\nurl = "sqlite:///{tmp_path}/cw.db"\n\n'
-        f'[alerts]\nrepeat_interval = "{repeat}"\n'
-        f"{chans}\n{textwrap.dedent(rules)}"
-    )
-    return write_settings(tmp_path, text)
 
 
 @pytest.fixture

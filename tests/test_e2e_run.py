@@ -6,30 +6,18 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import textwrap
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CliProcess, RunCli, StartCli
-from fakes import FakeOpenRouter, Resp, WebhookReceiver, write_settings
+from fakes import FakeOpenRouter, Resp, WebhookReceiver, make_settings
 
 KEY = "sk-or-v1-e2e-run-0004"
 ENV = {"OPENROUTER_API_KEY": KEY}
 
 
-def make_settings(tmp_path: Path, api: FakeOpenRouter, *, channels: Mapping[str, str] = {},
-                  rules: str = "", timeout: str = "1s") -> Path:
-    chans = "".join(f'\n[[channels]]\nname = "{n}"\nurl = "{u}"\n' for n, u in channels.items())
-    text = (
-        f'[openrouter]\nbase_url = "{api.base_url}"\ntimeout = "{timeout}"\n\n'
-        f'[schedule]\ninterval = "1s"\n\n'
-        f'[database]\nurl = "sqlite:///{tmp_path}/cw.db"\n\n'
-        f"{chans}\n{textwrap.dedent(rules)}"
-    )
-    return write_settings(tmp_path, text)
 
 
 def history(run_cli: RunCli, cfg: Path) -> list[dict[str, Any]]:
