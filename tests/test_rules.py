@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.domain import Condition, FetchStreak, Reading
-from worker.rules import Facts, evaluate, hours_text, is_balance_rule, money
+from worker.rules import Facts, evaluate, hours_text, money
 from worker.settings import BurnRateRule, FetchFailureRule, RunwayRule, ThresholdRule
 
 FAST = settings(max_examples=200, deadline=None)
@@ -348,11 +348,6 @@ def test_hours_text(hours: float, text: str) -> None:
     assert hours_text(hours) == text
 
 
-def test_is_balance_rule() -> None:
-    assert is_balance_rule(threshold(below=1))
-    assert is_balance_rule(burn_rule(window="1h", above=1))
-    assert is_balance_rule(runway_rule(window="1h", below="1h"))
-    assert not is_balance_rule(fetch_rule())
 
 
 @FAST

@@ -107,19 +107,13 @@ def _engine(settings: Settings, redact: Redactor) -> Engine:
     try:
         return db.make_engine(url)
     except Exception as err:  # noqa: BLE001 - ArgumentError, missing driver...: the URL is unusable
-        problem = f"database.url: cannot use {db.redacted_url(url)}: {redact(_first_line(err))}"
+        problem = f"database.url: cannot use {db.redacted_url(url)}: {redact(db.first_line(err))}"
         raise ConfigError([problem]) from None
-
-
-def _first_line(err: BaseException) -> str:
-    orig = getattr(err, "orig", None)
-    text = str(orig if orig is not None else err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def database_problem(err: SQLAlchemyError, loaded: Loaded) -> RuntimeProblem:
     url = db.redacted_url(loaded.settings.database.url.get_secret_value())
-    return RuntimeProblem(loaded.redact(f"database {url}: {_first_line(err)}"))
+    return RuntimeProblem(loaded.redact(f"database {url}: {db.first_line(err)}"))
 
 
 def migrate(loaded: Loaded) -> None:
@@ -131,7 +125,6 @@ def migrate(loaded: Loaded) -> None:
 
 def migrate_in_child(loaded: Loaded, environ: Mapping[str, str]) -> None:
     """Migrate in a child process, so the service never keeps Alembic in memory."""
-
     try:
         if db.at_head(loaded.engine):
             return

@@ -96,6 +96,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def first_line(err: BaseException) -> str:
+    """The driver's own message, first line only: SQLAlchemy appends the statement and a link."""
+    orig = getattr(err, "orig", None)
+    text = str(orig if orig is not None else err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def redacted_url(url: str) -> str:
     """The database URL with any password masked, for output and logs."""
     try:

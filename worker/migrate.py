@@ -12,7 +12,7 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.db import make_engine, upgrade
+from worker.db import first_line, make_engine, upgrade
 
 URL_VARIABLE = "CREDITWATCH_MIGRATE_URL"
 
@@ -23,9 +23,7 @@ def main() -> int:
     try:
         upgrade(engine)
     except SQLAlchemyError as err:
-        orig = getattr(err, "orig", None) or err
-        lines = str(orig).strip().splitlines() or [type(err).__name__]
-        sys.stderr.write(f"{lines[0]}\n")
+        sys.stderr.write(f"{first_line(err)}\n")
         return 1
     finally:
         engine.dispose()

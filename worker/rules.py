@@ -122,6 +122,3 @@ def evaluate(rule: Rule, facts: Facts) -> Evaluation:
     """The rule's condition over the facts, by its type."""
     return _DISPATCH[rule.type](rule, facts)
 
-
-def is_balance_rule(rule: Rule) -> bool:
-    return not isinstance(rule, FetchFailureRule)

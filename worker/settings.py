@@ -7,7 +7,6 @@ its own, and reports every problem as one `path: message` line.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -58,13 +57,6 @@ def _duration(value: object) -> timedelta:
 Duration = Annotated[
     timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
 ]
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        msg = "must be a finite number"
-        raise ValueError(msg)
-    return value
 
 
 def _strict_number(value: object) -> object:

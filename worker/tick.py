@@ -200,13 +200,13 @@ def _retain(deps: Deps, now: datetime) -> None:
     last = deps.retained_at
     if last is not None and last <= now < last + RETENTION_EVERY:
         return
-    deps.retained_at = now
     db = deps.settings.database
     try:
         pruned = prune(deps.sessions, now, db.keep_raw, db.keep_rollups)
     except Exception as err:  # noqa: BLE001 - retention can wait for the next tick
         log.error("retention failed, will retry at the next tick: %s", deps.redact(repr(err)))
         return
+    deps.retained_at = now
     if pruned != Pruned():
         log.info("retention: folded %d readings, pruned %d rollups, %d attempts, %d delivered messages",
                  pruned.folded, pruned.rollups, pruned.attempts, pruned.outbox)
@@ -215,7 +215,9 @@ def _retain(deps: Deps, now: datetime) -> None:
 def summary_line(report: TickReport) -> str:
     """The one log line per tick."""
     balance = f"${report.latest.remaining:,.2f}" if report.latest else "unknown"
-    fetch = "ok" if report.outcome.ok else f"{report.outcome.kind.value} ({report.outcome.message})"
+    outcome = report.outcome
+    tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+    fetch = "ok" if outcome.ok else f"{outcome.kind.value} ({outcome.message}{tries})"
     def names(reason: Reason) -> str:
         return ",".join(t.rule for t in report.transitions if t.reason is reason) or "-"
     return (
