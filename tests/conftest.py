@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from fakes import CaptureServer, FakeOpenRouter, SmtpServer, WebhookReceiver, write_settings
 
-__all__ = ["CliProcess", "Result", "RunCli", "StartCli", "cli_env", "fresh_pg_database",
+__all__ = ["Cli", "CliProcess", "Result", "RunCli", "StartCli", "cli_env", "fresh_pg_database",
            "write_settings"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +170,7 @@ class CliProcess(subprocess.Popen[str]):
 
 RunCli = Callable[..., Result]
 StartCli = Callable[..., CliProcess]
+Cli = Callable[..., Result]
 
 
 def cli_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
@@ -210,6 +211,20 @@ def run_cli(tmp_path: Path) -> RunCli:
         return Result(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+@pytest.fixture
+def cli(run_cli: RunCli, request: pytest.FixtureRequest) -> Cli:
+    """run_cli with the settings file first and the test module's KEY as the API key
+    (`key=False` runs without one)."""
+    module_key = request.module.KEY
+
+    def call(config: Path | None, *args: str, key: bool = True,
+             env: Mapping[str, str | None] | None = None) -> Result:
+        base: dict[str, str | None] = {"OPENROUTER_API_KEY": module_key if key else None}
+        return run_cli(*args, config=config, env={**base, **(env or {})})
+
+    return call
 
 
 @pytest.fixture

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from conftest import Result, RunCli
+from conftest import Cli
 from fakes import FakeOpenRouter, SmtpServer, WebhookReceiver, make_settings
 
 KEY = "sk-or-v1-e2e-alerts-0001"
-
-Cli = Callable[..., Result]
-
-
-
-
-@pytest.fixture
-def cli(run_cli: RunCli) -> Cli:
-    def call(config: Path, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
-        return run_cli(*args, config=config, env={"OPENROUTER_API_KEY": KEY, **(env or {})})
-    return call
 
 
 REPEAT = 8  # seconds; two checks must fit inside it even on a loaded 2-core machine

@@ -10,31 +10,17 @@ import re
 import sqlite3
 import time
 import tomllib
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, RunCli
+from conftest import Cli, Result, RunCli
 from fakes import FakeOpenRouter, SmtpServer, WebhookReceiver, make_settings, write_settings
 
 KEY = "sk-or-v1-e2e-commands-0003"
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 # `path: message`, the path naming a setting such as rules[0].type or schedule.interval.
 PROBLEM_LINE = re.compile(r"^[A-Za-z_][\w-]*(\[\d+\])?(\.[\w-]+(\[\d+\])?)*: \S.*$")
-
-Cli = Callable[..., Result]
-
-
-
-
-@pytest.fixture
-def cli(run_cli: RunCli) -> Cli:
-    def call(config: Path | None, *args: str, key: bool = True,
-             env: Mapping[str, str | None] | None = None) -> Result:
-        base: dict[str, str | None] = {"OPENROUTER_API_KEY": KEY if key else None}
-        return run_cli(*args, config=config, env={**base, **(env or {})})
-    return call
 
 
 def assert_one_line_error(result: Result) -> None:

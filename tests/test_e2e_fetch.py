@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, RunCli
+from conftest import Cli
 from fakes import CaptureServer, FakeOpenRouter, Resp, WebhookReceiver, make_settings
 
 KEY = "sk-or-v1-e2e-fetch-0002"
-
-Cli = Callable[..., Result]
-
-
-
-
-@pytest.fixture
-def cli(run_cli: RunCli) -> Cli:
-    def call(config: Path, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
-        return run_cli(*args, config=config, env={"OPENROUTER_API_KEY": KEY, **(env or {})})
-    return call
 
 
 def status_json(cli: Cli, cfg: Path) -> dict[str, Any]:
