@@ -30,7 +30,7 @@ from sqlalchemy import text
 
 import worker.service
 from worker import commands, reports, store
-from worker.outbox import LEASE
+from worker.sendpolicy import lease
 from worker.tick import Deps, TickReport, run_tick
 
 KEY = "sk-or-v1-faults-clock-0004"
@@ -38,6 +38,9 @@ ENV = {"OPENROUTER_API_KEY": KEY}
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 STEP = timedelta(minutes=5)
 H = timedelta(hours=1)
+LEASE = lease(timedelta(seconds=10))
+# A sender on another host: its claim can only lapse, never be judged dead at once.
+DEAD_SENDER = "another-host:4242:1"
 RULES = ("low", "burn", "runway", "fetch")
 
 
@@ -321,8 +324,9 @@ def crash_mid_send_then_step_back(s: Scenario) -> datetime:
     s.tick(regular)  # the resolutions are queued; the webhook refuses them for now
     s.hook.set_failing(False)
     with s.deps.sessions.begin() as session:
-        [first_id, *_] = store.due_ids(session, "hook", regular)
-        assert store.claim(session, first_id, regular + STEP, LEASE) is not None
+        head = store.head(session, "hook")
+        assert head is not None
+        assert store.claim(session, head, regular + STEP, LEASE, DEAD_SENDER) is not None
     return regular - H + 2 * STEP
 
 

@@ -32,17 +32,41 @@ BOOM_TOKEN = "cwboomTOKEN5c1e8d2b"  # a secret inside the broken channel's URL
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 STEP = timedelta(minutes=5)
 
-boom_calls: list[str] = []
-
-
 # A real apprise plugin whose own code raises: apprise calls it like any other service.
+# Sends run in creditwatch's sender child process, which loads it from a file through
+# $APPRISE_PLUGIN_PATH (apprise's own convention); this process registers the same code
+# so that validating the channel URL in process knows the scheme too.
+PLUGIN = f"""
+import os
+from apprise.decorators import notify
+
+
+@notify(on="cwboom", name="creditwatch test: a channel that raises")
+def _cwboom(body, title, notify_type, meta, *args, **kwargs):
+    with open(os.environ["CW_BOOM_CALLS"], "a", encoding="utf-8") as calls:
+        calls.write(title + "\\n")
+    msg = f"plugin crashed talking to {{meta.get('url')}} with token {BOOM_TOKEN} and key {KEY}"
+    raise RuntimeError(msg)
+"""
+
+
 @apprise.decorators.notify(on="cwboom", name="creditwatch test: a channel that raises")
 def _cwboom(body: str, title: str, notify_type: str, meta: dict[str, Any], *args: Any,
             **kwargs: Any) -> bool:
-    boom_calls.append(title)
-    msg = f"plugin crashed talking to {meta.get('url')} with token {BOOM_TOKEN} and key {KEY}"
-    raise RuntimeError(msg)
+    msg = "the in-process copy of the plugin is for URL validation only"
+    raise AssertionError(msg)
 
+
+@pytest.fixture
+def boom_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The plugin file for the sender child, and the file where it records each call."""
+    plugins = tmp_path / "apprise-plugins"
+    plugins.mkdir()
+    (plugins / "cwboom.py").write_text(PLUGIN, encoding="utf-8")
+    calls = tmp_path / "boom-calls.txt"
+    monkeypatch.setenv("APPRISE_PLUGIN_PATH", str(plugins))
+    monkeypatch.setenv("CW_BOOM_CALLS", str(calls))
+    yield calls
 
 
 def settings_file(tmp_path: Path, api: FakeOpenRouter, channels: Mapping[str, str]) -> Path:
@@ -171,8 +195,8 @@ def test_a_rule_that_raises_leaves_its_alert_as_it_was(
 
 def test_a_channel_that_raises_keeps_its_message_and_the_others_are_delivered(
         tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
-        capsys: pytest.CaptureFixture[str], built: list[tuple[commands.Loaded, Deps]]) -> None:
-    boom_calls.clear()
+        capsys: pytest.CaptureFixture[str], built: list[tuple[commands.Loaded, Deps]],
+        boom_calls: Path) -> None:
     boom_url = f"cwboom://ops:{BOOM_TOKEN}@x/"
     config = settings_file(tmp_path, fake_api, {"boom": boom_url, "hook": webhook.apprise_url()})
     # DEBUG: the level at which apprise would print the plugin's exception text.
@@ -182,7 +206,7 @@ def test_a_channel_that_raises_keeps_its_message_and_the_others_are_delivered(
     fake_api.set_balance(100.0, 60.0)  # low fires: one message per channel
     report = run_tick(deps, T0)
 
-    assert boom_calls, "the broken plugin was never called"
+    assert boom_calls.exists(), "the broken plugin was never called"
     assert (report.delivered, report.failed) == (1, 1)
     assert rules_in(webhook.messages) == ["low#1/first"]
     assert outbox(loaded) == [("boom", "failed", 1), ("hook", "delivered", 1)]
@@ -207,7 +231,7 @@ def test_a_channel_that_raises_keeps_its_message_and_the_others_are_delivered(
 
 def test_a_channel_that_raises_does_not_hold_back_a_resolution_elsewhere(
         tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
-        built: list[tuple[commands.Loaded, Deps]]) -> None:
+        built: list[tuple[commands.Loaded, Deps]], boom_calls: Path) -> None:
     config = settings_file(tmp_path, fake_api,
                            {"boom": f"cwboom://ops:{BOOM_TOKEN}@x/", "hook": webhook.apprise_url()})
     built.append(load_in_process(config, "WARNING"))

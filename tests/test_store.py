@@ -29,10 +29,12 @@ from worker.domain import (
     Severity,
     Status,
 )
+from worker.sendpolicy import Decision, Head, OutboxStatus, Outgoing, Policy, decide
 from worker.tables import FetchAttemptRow, OutboxRow, ReadingRow
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
+ME = "thishost:1:1"
 
 OK = FetchOutcome(FetchKind.OK, total_credits=100.0, total_usage=1.0)
 TRANSIENT = FetchOutcome(FetchKind.TRANSIENT, message="timed out after 10s")
@@ -59,11 +61,9 @@ def _message(rule: str = "low-balance", channel: str = "chat", key: str | None =
                    notify_type="warning", key=key or f"{rule}:1:first")
 
 
-def _enqueue(factory: sessionmaker[Session], *messages: Message, now: datetime = T0) -> list[int]:
+def _enqueue(factory: sessionmaker[Session], *messages: Message, now: datetime = T0) -> None:
     with factory.begin() as s:
         store.enqueue(s, messages, now)
-    with factory() as s:
-        return store.due_ids(s, messages[0].channel, now) if messages else []
 
 
 # --------------------------------------------------------------------------- fetch streaks
@@ -272,51 +272,73 @@ def test_firing_alerts_only_for_the_rules_asked(factory: sessionmaker[Session]) 
 # --------------------------------------------------------------------------- outbox
 
 
-def test_enqueued_rows_are_due_oldest_first_per_channel(factory: sessionmaker[Session]) -> None:
+def _head(factory: sessionmaker[Session], channel: str = "chat") -> Head:
+    with factory() as s:
+        head = store.head(s, channel)
+    assert head is not None
+    return head
+
+
+def _claim(factory: sessionmaker[Session], at: datetime, me: str = ME) -> Outgoing | None:
+    head = _head(factory)
+    with factory.begin() as s:
+        return store.claim(s, head, at, LEASE, me)
+
+
+def test_the_head_is_the_oldest_undelivered_row_per_channel(factory: sessionmaker[Session]) -> None:
     with factory.begin() as s:
         store.enqueue(s, [_message("r1"), _message("r2", channel="mail"), _message("r3")], T0)
     with factory.begin() as s:
         store.enqueue(s, [_message("r4")], T0 + timedelta(minutes=1))
 
     with factory() as s:
-        chat = store.due_ids(s, "chat", T0 + timedelta(minutes=1))
-        mail = store.due_ids(s, "mail", T0 + timedelta(minutes=1))
-        limited = store.due_ids(s, "chat", T0 + timedelta(minutes=1), limit=2)
-        rules = [s.get(OutboxRow, i).rule for i in chat]  # type: ignore[union-attr]
+        assert store.channels_waiting(s) == {"chat", "mail"}
         assert store.undelivered_count(s) == 4
+        backlog = store.backlog(s)
+    chat = _head(factory)
+    assert chat.key == "r1:1:first" and chat.status is OutboxStatus.PENDING and chat.attempts == 0
+    assert _head(factory, "mail").key == "r2:1:first"
+    assert [(b.channel, b.waiting, b.head.key) for b in backlog] == [
+        ("chat", 3, "r1:1:first"), ("mail", 1, "r2:1:first")]
 
-    assert chat == sorted(chat) and len(chat) == 3
-    assert rules == ["r1", "r3", "r4"]
-    assert len(mail) == 1 and mail[0] not in chat
-    assert limited == chat[:2]
+    # Only when the head is delivered does the next one come up: order per channel.
+    sent = _claim(factory, T0)
+    assert sent is not None and sent.key == "r1:1:first"
+    assert _head(factory).key == "r1:1:first"  # in flight, still the head
+    with factory.begin() as s:
+        store.mark_delivered(s, sent.id, T0)
+    assert _head(factory).key == "r3:1:first"
 
 
 def test_claim_takes_a_row_once(factory: sessionmaker[Session]) -> None:
-    [row_id] = _enqueue(factory, _message())
+    _enqueue(factory, _message())
+    seen = _head(factory)
 
     with factory.begin() as s:
-        row = store.claim(s, row_id, T0, LEASE)
+        row = store.claim(s, seen, T0, LEASE, ME)
         assert row is not None
-        assert (row.id, row.status, row.attempts) == (row_id, "sending", 1)
-        assert row.claimed_until == T0 + LEASE
+        assert (row.id, row.attempt, row.key) == (seen.id, 1, seen.key)
+    # The same stale view cannot claim it twice.
     with factory.begin() as s:
-        assert store.claim(s, row_id, T0 + timedelta(seconds=1), LEASE) is None
-    with factory() as s:
-        assert store.due_ids(s, "chat", T0 + timedelta(seconds=1)) == []
+        assert store.claim(s, seen, T0 + timedelta(seconds=1), LEASE, ME) is None
+    now = _head(factory)
+    assert (now.status, now.attempts, now.claimed_by, now.claimed_until) == (
+        OutboxStatus.SENDING, 1, ME, T0 + LEASE)
 
 
 def test_two_sessions_racing_for_one_row_only_one_wins(factory: sessionmaker[Session]) -> None:
-    # Both replicas saw the row as due; the second claims while the first's claim is
+    # Both replicas saw the row as the head; the second claims while the first's claim is
     # still uncommitted. It must wait and then find nothing to claim, not claim it twice.
-    [row_id] = _enqueue(factory, _message())
+    _enqueue(factory, _message())
+    seen = _head(factory)
     second: list[object] = []
 
     def claim_in_another_session() -> None:
         with factory.begin() as s:
-            second.append(store.claim(s, row_id, T0, LEASE))
+            second.append(store.claim(s, seen, T0, LEASE, "other:1:1"))
 
     with factory.begin() as first:
-        assert store.claim(first, row_id, T0, LEASE) is not None
+        assert store.claim(first, seen, T0, LEASE, ME) is not None
         racer = threading.Thread(target=claim_in_another_session)
         racer.start()
         time.sleep(0.3)
@@ -325,74 +347,99 @@ def test_two_sessions_racing_for_one_row_only_one_wins(factory: sessionmaker[Ses
     assert not racer.is_alive()
     assert second == [None]
     with factory() as s:
-        row = s.get(OutboxRow, row_id)
-        assert row is not None and row.attempts == 1
-
-
-def test_claim_of_an_unknown_row_returns_none(factory: sessionmaker[Session]) -> None:
-    with factory.begin() as s:
-        assert store.claim(s, 12345, T0, LEASE) is None
+        row = s.get(OutboxRow, seen.id)
+        assert row is not None and row.attempts == 1 and row.claimed_by == ME
 
 
 def test_delivered_rows_are_never_claimable_again(factory: sessionmaker[Session]) -> None:
-    [row_id] = _enqueue(factory, _message())
+    _enqueue(factory, _message())
+    seen = _head(factory)
+    sent = _claim(factory, T0)
+    assert sent is not None
     with factory.begin() as s:
-        assert store.claim(s, row_id, T0, LEASE) is not None
-        store.mark_delivered(s, row_id, T0 + timedelta(seconds=2))
+        store.mark_delivered(s, sent.id, T0 + timedelta(seconds=2))
 
     much_later = T0 + timedelta(days=30)
     with factory.begin() as s:
-        assert store.due_ids(s, "chat", much_later) == []
-        assert store.claim(s, row_id, much_later, LEASE) is None
-        row = s.get(OutboxRow, row_id)
+        assert store.head(s, "chat") is None
+        assert store.claim(s, seen, much_later, LEASE, ME) is None
+        row = s.get(OutboxRow, sent.id)
         assert row is not None
         assert (row.status, row.claimed_until, row.attempts) == ("delivered", None, 1)
         assert row.delivered_at == T0 + timedelta(seconds=2)
         assert store.undelivered_count(s) == 0
 
 
-def test_failed_rows_are_claimable_again_at_once(factory: sessionmaker[Session]) -> None:
-    [row_id] = _enqueue(factory, _message())
+def test_a_failed_row_backs_off_and_keeps_its_place(factory: sessionmaker[Session]) -> None:
+    _enqueue(factory, _message("first"))
+    _enqueue(factory, _message("second"))
+    sent = _claim(factory, T0)
+    assert sent is not None
+    retry_at = T0 + timedelta(minutes=1)
     with factory.begin() as s:
-        assert store.claim(s, row_id, T0, LEASE) is not None
-        store.mark_failed(s, row_id, "HTTP 500 " + "y" * 1000)
+        store.mark_failed(s, sent.id, ME, "HTTP 500 " + "y" * 1000, retry_at)
 
+    head = _head(factory)
+    assert head.key == "first:1:first" and head.status is OutboxStatus.FAILED
+    assert head.next_try_at == retry_at and head.claimed_by is None
+    assert head.last_error is not None and len(head.last_error) == 500
+    policy = Policy(interval=timedelta(minutes=1), give_up_after=timedelta(hours=24))
+    assert decide(head, retry_at - timedelta(seconds=1), policy, claimer_gone=True) is Decision.BACKOFF
+    assert decide(head, retry_at, policy, claimer_gone=True) is Decision.SEND
+    again = _claim(factory, retry_at)
+    assert again is not None and again.attempt == 2 and again.id == sent.id
     with factory.begin() as s:
-        row = s.get(OutboxRow, row_id)
-        assert row is not None and row.status == "failed" and row.claimed_until is None
-        assert row.last_error is not None and len(row.last_error) == 500
-        assert store.due_ids(s, "chat", T0 + timedelta(seconds=1)) == [row_id]
-        again = store.claim(s, row_id, T0 + timedelta(seconds=1), LEASE)
-        assert again is not None and again.attempts == 2 and again.status == "sending"
-    with factory.begin() as s:
-        store.mark_delivered(s, row_id, T0 + timedelta(seconds=2))
-        assert store.claim(s, row_id, T0 + timedelta(seconds=3), LEASE) is None
+        store.mark_delivered(s, again.id, retry_at)
+    assert _head(factory).key == "second:1:first"
 
 
 def test_mark_failed_does_not_resurrect_a_delivered_row(factory: sessionmaker[Session]) -> None:
     # A late failure report (say, from a timed-out attempt) must not undo a delivery.
-    [row_id] = _enqueue(factory, _message())
+    _enqueue(factory, _message())
+    sent = _claim(factory, T0)
+    assert sent is not None
     with factory.begin() as s:
-        assert store.claim(s, row_id, T0, LEASE) is not None
-        store.mark_delivered(s, row_id, T0)
-        store.mark_failed(s, row_id, "late failure")
+        store.mark_delivered(s, sent.id, T0)
+        store.mark_failed(s, sent.id, ME, "late failure", T0)
     with factory() as s:
-        assert store.due_ids(s, "chat", T0 + timedelta(hours=1)) == []
+        assert store.head(s, "chat") is None
 
 
 def test_an_expired_sending_lease_becomes_claimable(factory: sessionmaker[Session]) -> None:
-    [row_id] = _enqueue(factory, _message())
-    with factory.begin() as s:
-        assert store.claim(s, row_id, T0, LEASE) is not None  # then the process died
+    _enqueue(factory, _message())
+    assert _claim(factory, T0, me="elsewhere:4242:1") is not None  # then that host went away
+    policy = Policy(interval=timedelta(minutes=1), give_up_after=timedelta(hours=24))
 
-    with factory.begin() as s:
-        assert store.due_ids(s, "chat", T0 + LEASE - timedelta(seconds=1)) == []
-        assert store.claim(s, row_id, T0 + LEASE - timedelta(seconds=1), LEASE) is None
+    held = _head(factory)
+    assert decide(held, T0 + LEASE - timedelta(seconds=1), policy, False) is Decision.IN_FLIGHT
     after = T0 + LEASE + timedelta(seconds=1)
+    assert decide(held, after, policy, False) is Decision.SEND
+    row = _claim(factory, after)
+    assert row is not None and row.attempt == 2
+    assert _head(factory).claimed_until == after + LEASE
+
+
+def test_give_up_drops_the_head_and_the_next_one_comes_up(factory: sessionmaker[Session]) -> None:
+    _enqueue(factory, _message("old"))
+    _enqueue(factory, _message("new"), now=T0 + timedelta(hours=2))
+    head = _head(factory)
     with factory.begin() as s:
-        assert store.due_ids(s, "chat", after) == [row_id]
-        row = store.claim(s, row_id, after, LEASE)
-        assert row is not None and row.attempts == 2 and row.claimed_until == after + LEASE
+        assert store.drop(s, head, T0 + timedelta(days=1))
+    with factory.begin() as s:
+        assert not store.drop(s, head, T0 + timedelta(days=1))  # already gone
+        row = s.get(OutboxRow, head.id)
+        assert row is not None and row.status == "dropped" and row.dropped_at == T0 + timedelta(days=1)
+    assert _head(factory).key == "new:1:first"
+
+
+def test_messages_of_removed_channels_are_dropped(factory: sessionmaker[Session]) -> None:
+    _enqueue(factory, _message("a"), _message("b"))
+    _enqueue(factory, _message("c", channel="gone"))
+    with factory.begin() as s:
+        dropped = store.drop_channels_except(s, ["chat"], T0)
+    assert dropped == [("gone", "c:1:first")]
+    with factory() as s:
+        assert store.channels_waiting(s) == {"chat"}
 
 
 def test_the_same_key_and_channel_is_stored_once(factory: sessionmaker[Session]) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,12 +23,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import db, logs, store
 from worker.cli import EX_FAILURE, ConfigError, UsageError, parse_since, settings_path
 from worker.config_view import render_settings
-from worker.delivery import Channel, Delivered, check_urls
+from worker.delivery import Delivered, Result, Sender, check_urls
 from worker.domain import ExitCode, Reading
 from worker.forecast import burn_rate, runway_hours
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
-from worker.outbox import SEND_TIMEOUT
+from worker.outbox import Config, Outbox
 from worker.redact import Redactor, url_secrets
 from worker.reports import (
     FiringAlert,
@@ -40,6 +42,7 @@ from worker.reports import (
 )
 from worker.rules import hours_text, money
 from worker.settings import Settings, SettingsError, parse_settings
+from worker.text import escape_controls
 from worker.tick import Deps, TickReport, run_tick, summary_line, worst_case_seconds
 
 log = logging.getLogger("creditwatch")
@@ -159,19 +162,37 @@ def _require_schema(loaded: Loaded) -> None:
 
 
 def _tick_deps(loaded: Loaded, environ: Mapping[str, str]) -> Deps:
-
-    o = loaded.settings.openrouter
+    settings = loaded.settings
+    o = settings.openrouter
     endpoint = Endpoint(o.base_url, environ[o.api_key_env], o.timeout.total_seconds())
-    channels = {c.name: Channel(c.name, c.url.get_secret_value()) for c in loaded.settings.channels}
     factory = store.sessions(loaded.engine)
-    return Deps(loaded.settings, factory, new_session(), endpoint, channels, loaded.redact)
+    outbox = Outbox(factory, _channel_urls(settings), loaded.redact, outbox_config(settings),
+                    _sender_factory(settings))
+    return Deps(settings, factory, new_session(), endpoint, outbox, loaded.redact)
+
+
+def outbox_config(settings: Settings) -> Config:
+    a = settings.alerts
+    return Config(a.send_timeout, settings.schedule.interval, a.give_up_after)
+
+
+def _channel_urls(settings: Settings) -> dict[str, str]:
+    return {c.name: c.url.get_secret_value() for c in settings.channels}
+
+
+def _sender_factory(settings: Settings) -> Callable[[str, str, float], Sender]:
+    # The sender child runs in this process's environment, minus the API key it never needs.
+    child_env = {k: v for k, v in os.environ.items() if k != settings.openrouter.api_key_env}
+    return lambda name, url, timeout: Sender(name, url, timeout, child_env)
 
 
 def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     loaded = load(args, environ, need_key=True)
     migrate(loaded)
     try:
-        report = run_tick(_tick_deps(loaded, environ), db.now_utc())
+        deps = _tick_deps(loaded, environ)
+        deps.outbox.drop_removed_channels(db.now_utc())
+        report = run_tick(deps, db.now_utc())
     except SQLAlchemyError as err:
         raise database_problem(err, loaded) from None
     log.info(summary_line(report))
@@ -201,6 +222,10 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
     loaded = load(args, environ, need_key=True)
     migrate_in_child(loaded, environ)
     deps = _tick_deps(loaded, environ)
+    try:
+        deps.outbox.drop_removed_channels(db.now_utc())
+    except SQLAlchemyError as err:
+        log.error("could not check for messages of removed channels: %s", database_problem(err, loaded))
 
     def tick() -> None:
         try:
@@ -210,8 +235,8 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
         except Exception as err:  # noqa: BLE001 - the service outlives any one tick's bug
             log.error("tick failed, will retry at the next one: %s", loaded.redact(repr(err)))
 
-    budget = worst_case_seconds(loaded.settings.openrouter.timeout.total_seconds())
-    return serve(tick, loaded.settings.schedule.interval, budget), ""
+    budget = worst_case_seconds(loaded.settings, outbox_config(loaded.settings).worst_case)
+    return serve(tick, loaded.settings.schedule.interval, budget, deps.outbox.request_stop), ""
 
 
 # -- read-only commands ------------------------------------------------------------------------
@@ -271,17 +296,38 @@ def cmd_notify_test(args: argparse.Namespace, environ: Mapping[str, str]) -> tup
         names = ", ".join(c.name for c in loaded.settings.channels) or "none configured"
         raise UsageError(f"--channel: no channel named {args.channel!r} (channels: {names})")
     if not chosen:
-        raise UsageError("no channels are configured in the settings")
-    lines, ok = [], True
-    for channel in chosen:
-        result = Channel(channel.name, channel.url.get_secret_value()).send(
-            "creditwatch test notification",
-            f"This is a test from creditwatch to channel {channel.name!r}. If you can read it, "
-            "alerts will reach you here.", "info", SEND_TIMEOUT)
-        ok = ok and isinstance(result, Delivered)
-        shown = "accepted" if isinstance(result, Delivered) else f"FAILED: {loaded.redact(result.reason)}"
-        lines.append(f"{channel.name}: {shown}")
+        raise RuntimeProblem("no channels are configured in the settings: add a [[channels]] table "
+                             "with a name and an apprise url")
+    make_sender = _sender_factory(loaded.settings)
+    timeout = loaded.settings.alerts.send_timeout.total_seconds()
+    results: dict[str, Result] = {}
+
+    def one(name: str, url: str) -> None:
+        sender = make_sender(name, url, timeout)
+        try:
+            results[name] = sender.send(0, "creditwatch test notification",
+                                        f"This is a test from creditwatch to channel {name!r}.\n"
+                                        "If you can read it, alerts will reach you here.", "info")
+        finally:
+            sender.close()
+
+    # In parallel, each bounded by send_timeout: a stuck channel holds up no other.
+    threads = [threading.Thread(target=one, args=(c.name, c.url.get_secret_value()), daemon=True)
+               for c in chosen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = [f"{c.name}: {_shown_result(results.get(c.name), loaded.redact)}" for c in chosen]
+    ok = all(isinstance(results.get(c.name), Delivered) for c in chosen)
     return (0 if ok else EX_FAILURE), "\n".join(lines)
+
+
+def _shown_result(result: Result | None, redact: Redactor) -> str:
+    if isinstance(result, Delivered):
+        return "accepted"
+    reason = result.reason if result is not None else "the send did not finish"
+    return f"FAILED: {redact(escape_controls(reason))}"
 
 
 def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.domain import Reading
 from worker.rollup import Rollup, fold
+from worker.sendpolicy import OutboxStatus
 from worker.tables import FetchAttemptRow, OutboxRow, ReadingRow, RollupRow
 
 BATCH = 500
@@ -49,8 +50,10 @@ def _one_batch(session: Session, raw_cutoff: datetime, rollup_cutoff: datetime) 
         folded=_fold_batch(session, raw_cutoff),
         rollups=_delete_where(session, RollupRow, RollupRow.hour < rollup_cutoff, RollupRow.hour),
         attempts=_prune_attempts(session, raw_cutoff),
-        outbox=_delete_where(session, OutboxRow, (OutboxRow.status == "delivered")
-                             & (OutboxRow.delivered_at < raw_cutoff), OutboxRow.delivered_at),
+        outbox=_delete_where(session, OutboxRow, (OutboxRow.status == OutboxStatus.DELIVERED.value)
+                             & (OutboxRow.delivered_at < raw_cutoff), OutboxRow.delivered_at)
+        + _delete_where(session, OutboxRow, (OutboxRow.status == OutboxStatus.DROPPED.value)
+                        & (OutboxRow.dropped_at < raw_cutoff), OutboxRow.dropped_at),
     )
 
 

@@ -70,8 +70,13 @@ def _clock_offset() -> float:
     return time.time() - time.monotonic()
 
 
-def serve(tick: Callable[[], None], interval: timedelta, stop_budget: float) -> int:
-    """Tick now and every `interval` until a signal; finish the tick in hand; return 0."""
+def serve(tick: Callable[[], None], interval: timedelta, stop_budget: float,
+          on_stop: Callable[[], None] = lambda: None) -> int:
+    """Tick now and every `interval` until a signal; finish the tick in hand; return 0.
+
+    `on_stop` runs in the signal handler: it tells the tick in hand to start nothing new
+    (delivery then waits only for the sends in flight, each bounded by send_timeout).
+    """
     busy = threading.Lock()
     seconds = interval.total_seconds()
 
@@ -95,7 +100,11 @@ def serve(tick: Callable[[], None], interval: timedelta, stop_budget: float) -> 
         timezone=UTC,
     )
     scheduler.add_job(job, "interval", seconds=seconds, id=JOB_ID, next_run_time=datetime.now(UTC))
-    _on_signals(scheduler.request_stop)
+    def stop() -> None:
+        on_stop()
+        scheduler.request_stop()
+
+    _on_signals(stop)
     log.info("creditwatch running: a tick every %ss", f"{seconds:g}")
     scheduler.start()
     scheduler.shutdown(wait=False)

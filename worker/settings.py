@@ -128,6 +128,16 @@ class Database(_Model):
     url: SecretStr = SecretStr("sqlite:///creditwatch.db")
     keep_raw: Duration = timedelta(days=30)
     keep_rollups: Duration = timedelta(days=730)
+    # Client-side bound on every database call: a frozen server fails the tick within it.
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_bound(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=5):
+            msg = "must be between 1s and 5m"
+            raise ValueError(msg)
+        return value
 
     @field_validator("url")
     @classmethod
@@ -148,6 +158,18 @@ class Database(_Model):
 class Alerts(_Model):
     repeat_interval: Duration = timedelta(hours=6)
     send_resolved: Annotated[bool, Field(strict=True)] = True
+    # One send, wall clock; a send past it is abandoned for good (its child process is killed).
+    send_timeout: Duration = timedelta(seconds=10)
+    # A message still undelivered this long after it was enqueued is dropped with an ERROR line.
+    give_up_after: Duration = timedelta(hours=24)
+
+    @field_validator("send_timeout")
+    @classmethod
+    def _send_timeout_bound(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=2):
+            msg = "must be between 1s and 2m"
+            raise ValueError(msg)
+        return value
 
 
 class Forecast(_Model):

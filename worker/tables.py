@@ -78,7 +78,14 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(500))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who holds the claim: "host:pid:start", so a claim of a process that died on this
+    # host is taken over at once instead of after the lease.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    # Backoff: a failed row is not tried again before this time.
+    next_try_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Given up (give_up_after passed, or its channel left the settings): never sent.
+    dropped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class RollupRow(Base):

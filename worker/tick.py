@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -13,8 +13,7 @@ from typing import TypeVar
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import outbox, store
-from worker.delivery import Channel
+from worker import store
 from worker.domain import (
     AlertState,
     ExitCode,
@@ -29,9 +28,7 @@ from worker.forecast import burn_rate, runway_hours
 from worker.lifecycle import Policy, notifies, step
 from worker.messages import Context, render
 from worker.openrouter import Endpoint, fetch_credits
-
-# Re-exported for the shell and the tests: one tick's delivery limits.
-from worker.outbox import DELIVERY_BUDGET, SEND_TIMEOUT, THROTTLE_MARGIN
+from worker.outbox import Counts, Outbox
 from worker.redact import Redactor
 from worker.retention import Pruned, prune
 from worker.rules import Facts, evaluate
@@ -45,9 +42,11 @@ GUARD_MARGIN = 2.0
 RETENTION_EVERY = timedelta(hours=1)
 
 
-def worst_case_seconds(fetch_timeout: float) -> float:
-    """The longest a tick can take: fetch, delivery, and a margin for database work."""
-    return fetch_timeout + GUARD_MARGIN + DELIVERY_BUDGET + SEND_TIMEOUT + THROTTLE_MARGIN + 15
+def worst_case_seconds(settings: Settings, delivery_seconds: float) -> float:
+    """The longest a tick can take: fetch, delivery, and the database's bound on its calls."""
+    fetch = settings.openrouter.timeout.total_seconds() + GUARD_MARGIN
+    database = 3 * settings.database.timeout.total_seconds()  # store, deliver's claims, retention
+    return fetch + delivery_seconds + database
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Deps:
     sessions: sessionmaker[Session]
     http: requests.Session
     endpoint: Endpoint
-    channels: Mapping[str, Channel]
+    outbox: Outbox
     redact: Redactor = field(default_factory=Redactor)
     retained_at: datetime | None = None  # when retention last ran in this process
 
@@ -77,9 +76,16 @@ class TickReport:
     runway_hours: float | None
     transitions: list[Transition]
     firing: list[tuple[str, Severity]]
-    delivered: int
-    failed: int
+    delivery: Counts
     seconds: float
+
+    @property
+    def delivered(self) -> int:
+        return Counts.total(self.delivery.delivered)
+
+    @property
+    def failed(self) -> int:
+        return Counts.total(self.delivery.failed)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -91,11 +97,11 @@ def run_tick(deps: Deps, now: datetime) -> TickReport:
     started = time.monotonic()
     outcome = fetch_bounded(deps)
     evaluated = _store_and_evaluate(deps, now, outcome)
-    delivered, failed = deliver(deps, now)
+    delivery = deps.outbox.deliver(now)
     _retain(deps, now)
     return TickReport(
         outcome, evaluated.latest, evaluated.burn, evaluated.runway, evaluated.transitions,
-        evaluated.firing, delivered, failed, time.monotonic() - started,
+        evaluated.firing, delivery, time.monotonic() - started,
     )
 
 
@@ -187,11 +193,6 @@ def _messages(
                 rendered.notify_type, rendered.key)
         for channel in settings.channels_for(rule)
     ]
-
-
-def deliver(deps: Deps, now: datetime) -> tuple[int, int]:
-    """Send every due outbox row; (delivered, failed) counts."""
-    return outbox.deliver(deps.sessions, deps.channels, deps.redact, now)
 
 
 def _retain(deps: Deps, now: datetime) -> None:
