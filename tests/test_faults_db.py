@@ -27,9 +27,11 @@ import pytest
 from conftest import CliProcess, RunCli, StartCli
 from fakes import FakeOpenRouter, WebhookReceiver, write_settings
 
+from worker.db import SQLITE_BUSY_MS
+
 KEY = "sk-or-v1-faults-db-0001"
 ENV = {"OPENROUTER_API_KEY": KEY}
-BUSY_TIMEOUT = 5.0  # worker.db.SQLITE_BUSY_MS
+BUSY_TIMEOUT = SQLITE_BUSY_MS / 1000  # follows database.timeout's default (10s), less a margin
 TICK_FAILED = "tick failed, will retry at the next one"
 REF = re.compile(r"^ref: (\S+)$", re.MULTILINE)
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -108,7 +108,7 @@ def _db_secrets(settings: Settings) -> list[str]:
 def _engine(settings: Settings, redact: Redactor) -> Engine:
     url = settings.database.url.get_secret_value()
     try:
-        return db.make_engine(url)
+        return db.make_engine(url, settings.database.timeout.total_seconds())
     except Exception as err:  # noqa: BLE001 - ArgumentError, missing driver...: the URL is unusable
         problem = f"database.url: cannot use {db.redacted_url(url)}: {redact(db.first_line(err))}"
         raise ConfigError([problem]) from None
@@ -120,19 +120,29 @@ def database_problem(err: SQLAlchemyError, loaded: Loaded) -> RuntimeProblem:
 
 
 def migrate(loaded: Loaded) -> None:
+    """Apply the migrations in process (`check`, `db upgrade`), with the migration's bound."""
+    if _at_head(loaded):
+        return
+    engine = db.make_engine(loaded.settings.database.url.get_secret_value(), db.MIGRATION_TIMEOUT)
     try:
-        db.upgrade(loaded.engine)
+        db.upgrade(engine)
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
+    finally:
+        engine.dispose()
+
+
+def _at_head(loaded: Loaded) -> bool:
+    try:
+        return db.at_head(loaded.engine)
     except SQLAlchemyError as err:
         raise database_problem(err, loaded) from None
 
 
 def migrate_in_child(loaded: Loaded, environ: Mapping[str, str]) -> None:
     """Migrate in a child process, so the service never keeps Alembic in memory."""
-    try:
-        if db.at_head(loaded.engine):
-            return
-    except SQLAlchemyError as err:
-        raise database_problem(err, loaded) from None
+    if _at_head(loaded):
+        return
     env = {**environ, URL_VARIABLE: loaded.settings.database.url.get_secret_value()}
     done = subprocess.run([sys.executable, "-m", "worker.migrate"], env=env, capture_output=True,
                           text=True, timeout=300, check=False)
@@ -261,7 +271,7 @@ def status_view(loaded: Loaded, now: datetime) -> StatusView:
         attempt = store.last_attempt(session)
         names = [r.name for r in settings.rules]
         firing = store.firing_alerts(session, names)
-        undelivered = store.undelivered_count(session)
+        backlog = store.backlog(session)
     burn = burn_rate(history, now, window)
     runway = runway_hours(latest.remaining, burn) if latest else None
     last = LastFetch(attempt.at, attempt.kind == "ok", attempt.message) if attempt else None
@@ -269,7 +279,7 @@ def status_view(loaded: Loaded, now: datetime) -> StatusView:
     severity = {r.name: r.severity.value for r in settings.rules}
     alerts = [FiringAlert(a.rule, severity.get(a.rule, a.severity), a.firing_since, a.summary)
               for a in firing]
-    return StatusView(latest, burn, runway, window, last, alerts, undelivered)
+    return StatusView(latest, burn, runway, window, last, alerts, backlog)
 
 
 def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
@@ -332,8 +342,17 @@ def _shown_result(result: Result | None, redact: Redactor) -> str:
 
 def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     loaded = load(args, environ)
+    try:
+        before = db.revision(loaded.engine)
+    except SQLAlchemyError as err:
+        raise database_problem(err, loaded) from None
     migrate(loaded)
-    return 0, f"database {db.redacted_url(loaded.settings.database.url.get_secret_value())} is up to date"
+    shown = f"database {db.redacted_url(loaded.settings.database.url.get_secret_value())}"
+    if before == db.HEAD:
+        return 0, f"{shown} is up to date (revision {db.HEAD})"
+    if before is None:
+        return 0, f"{shown}: created creditwatch's tables (revision {db.HEAD})"
+    return 0, f"{shown}: upgraded from revision {before} to {db.HEAD}"
 
 
 def cmd_config_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:

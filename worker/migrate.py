@@ -12,14 +12,14 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.db import first_line, make_engine, upgrade
+from worker.db import MIGRATION_TIMEOUT, first_line, make_engine, upgrade
 
 URL_VARIABLE = "CREDITWATCH_MIGRATE_URL"
 
 
 def main() -> int:
     """Upgrade the database named by $CREDITWATCH_MIGRATE_URL; one line on failure."""
-    engine = make_engine(os.environ[URL_VARIABLE])
+    engine = make_engine(os.environ[URL_VARIABLE], MIGRATION_TIMEOUT)
     try:
         upgrade(engine)
     except SQLAlchemyError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from worker.domain import Reading
 from worker.durations import format_duration
 from worker.messages import iso
 from worker.rules import hours_text, money
+from worker.sendpolicy import Backlog
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,11 @@ class StatusView:
     window: timedelta
     last_fetch: LastFetch | None
     alerts: Sequence[FiringAlert]
-    undelivered: int
+    backlog: Sequence[Backlog]
+
+    @property
+    def undelivered(self) -> int:
+        return sum(b.waiting for b in self.backlog)
 
 
 def status_json(view: StatusView) -> str:
@@ -59,8 +65,31 @@ def status_json(view: StatusView) -> str:
             for a in view.alerts
         ],
         "undelivered_notifications": view.undelivered,
+        "outbox": [_backlog_json(b) for b in view.backlog],
     }
-    return json.dumps(doc, indent=2)
+    return dumps(doc)
+
+
+def _backlog_json(b: Backlog) -> dict[str, Any]:
+    h = b.head
+    return {"channel": b.channel, "waiting": b.waiting, "oldest": h.key, "status": h.status.value,
+            "tries": h.attempts, "next_try_at": iso(h.next_try_at) if h.next_try_at else None,
+            "last_error": h.last_error}
+
+
+def dumps(doc: Any) -> str:
+    """JSON that is always valid: a non-finite number (which no JSON parser accepts) is null."""
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _usd(value: float) -> float:
@@ -91,9 +120,22 @@ def status_text(view: StatusView) -> str:
                   for a in view.alerts]
     else:
         lines.append(_row("alerts", "none firing"))
-    if view.undelivered:
+    if view.backlog:
         lines.append(_row("outbox", f"{view.undelivered} notification(s) waiting for delivery"))
+        lines += [_backlog_text(b) for b in view.backlog]
     return "\n".join(lines)
+
+
+def _backlog_text(b: Backlog) -> str:
+    h = b.head
+    text = f"  {b.channel}: {b.waiting} waiting, oldest {h.key}"
+    if h.attempts:
+        text += f", tried {h.attempts} time{'s' if h.attempts != 1 else ''}"
+    if h.next_try_at is not None:
+        text += f", next try at {iso(h.next_try_at)}"
+    if h.last_error:
+        text += f"; last error: {h.last_error}"
+    return text
 
 
 def _row(label: str, value: str) -> str:
@@ -107,7 +149,7 @@ def _fetch_text(last: LastFetch | None) -> str:
 
 
 def history_json(readings: Sequence[Reading]) -> str:
-    return json.dumps([_history_row(r) for r in readings], indent=2)
+    return dumps([_history_row(r) for r in readings])
 
 
 def _history_row(r: Reading) -> dict[str, Any]:

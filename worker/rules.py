@@ -39,9 +39,10 @@ def threshold(rule: ThresholdRule, facts: Facts) -> Evaluation:
     else:
         holds = remaining < limit
     relation = "below" if holds else "above"
+    if facts.firing and rule.clear_above is not None:
+        described = money(rule.clear_above)  # the line a resolve has to cross
     if holds and facts.firing and remaining >= limit:
         relation = "not yet back above"
-        described = money(rule.clear_above if rule.clear_above is not None else limit)
     return Evaluation(_cond(holds), f"remaining {money(remaining)} is {relation} {described}")
 
 

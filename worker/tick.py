@@ -31,7 +31,7 @@ from worker.openrouter import Endpoint, fetch_credits
 from worker.outbox import Counts, Outbox
 from worker.redact import Redactor
 from worker.retention import Pruned, prune
-from worker.rules import Facts, evaluate
+from worker.rules import Facts, evaluate, money
 from worker.settings import Rule, Settings
 from worker.verdict import exit_code
 
@@ -215,7 +215,7 @@ def _retain(deps: Deps, now: datetime) -> None:
 
 def summary_line(report: TickReport) -> str:
     """The one log line per tick."""
-    balance = f"${report.latest.remaining:,.2f}" if report.latest else "unknown"
+    balance = money(report.latest.remaining) if report.latest else "unknown"
     outcome = report.outcome
     tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
     fetch = "ok" if outcome.ok else f"{outcome.kind.value} ({outcome.message}{tries})"
