@@ -506,7 +506,12 @@ documents = (near_valid
 
 
 def _expected(document: Any) -> tuple[float, float] | None:
-    """The oracle: OK iff both amounts are finite, non-negative, non-bool numbers."""
+    """The oracle: OK iff both amounts are finite, non-bool numbers in [0, 1e12], in a
+    document that is JSON at all (NaN or Infinity anywhere makes it not JSON)."""
+    try:
+        json.dumps(document, allow_nan=False)
+    except ValueError:
+        return None
     if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
         return None
     values = []
@@ -518,7 +523,7 @@ def _expected(document: Any) -> tuple[float, float] | None:
             number = float(value)
         except OverflowError:
             return None
-        if not math.isfinite(number) or number < 0:
+        if not math.isfinite(number) or not 0 <= number <= 1e12:  # CONTRACT: above 1e12 is bad
             return None
         values.append(number)
     return values[0], values[1]

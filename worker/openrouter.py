@@ -1,15 +1,16 @@
 """The OpenRouter credits call: one GET, bounded by a wall-clock deadline, classified.
 
 `fetch_credits` never raises: every failure comes back as a FetchOutcome whose
-message is safe to log and store (no key, no response body).
+message is safe to log and store (no key, no response body, controls escaped).
+The deadline holds in every phase (connect, TLS, status line, headers, body)
+through worker.httpwatch, for sessions made by `new_session`; each attempt's
+connection ends with it (ticks are minutes apart, so there is nothing to reuse).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,16 +19,23 @@ from typing import Any
 
 import requests
 
+from worker.decoding import Decoder, Refused, decoder_for
 from worker.domain import FetchKind, FetchOutcome
+from worker.httpwatch import Watch, WatchedAdapter, watching
+from worker.text import escape_controls
 
-MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024  # decoded bytes
+MAX_AMOUNT = 1e12  # USD, more than any account holds: a larger figure is a broken answer
 MAX_RETRIES = 2
 BACKOFF = (0.5, 1.0)
+CHUNK = 16 * 1024
 USER_AGENT = "creditwatch/0.1.0"
+ACCEPT_ENCODING = "gzip, deflate"
 AUTH_MESSAGE = (
     "HTTP {status}: OpenRouter refused the key; it is invalid or is not a management key "
     "(create one under Settings > Provisioning/Management keys)"
 )
+KEY_MESSAGE = "the API key holds a character that is not printable ASCII, so it cannot be sent; check the key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +53,6 @@ class _Deadline(Exception):
     """The wall-clock budget of the fetch ran out while reading."""
 
 
-class _TooBig(Exception):
-    """The body passed MAX_BODY bytes."""
-
-
 class _NoRedirectSession(requests.Session):
     """Never follows a redirect, and never reads a 3xx body outside our deadline.
 
@@ -61,9 +65,13 @@ class _NoRedirectSession(requests.Session):
 
 
 def new_session() -> requests.Session:
-    """A session that ignores netrc and proxy variables, so the key goes only where configured."""
+    """A session that ignores netrc and proxy variables, so the key goes only where configured,
+    and whose sockets fetch_credits can end at its deadline (other sessions lack that)."""
     session = _NoRedirectSession()
     session.trust_env = False
+    adapter = WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session
 
 
@@ -75,54 +83,74 @@ def fetch_credits(
     sleep: Callable[[float], None] = time.sleep,
 ) -> FetchOutcome:
     """GET {base_url}/credits within `timeout` in all, retrying transient failures twice."""
-    deadline = clock() + endpoint.timeout
+    key = endpoint.api_key
+    if not (key.isascii() and key.isprintable()):
+        # http.client would raise UnicodeEncodeError for it, or send it as latin-1 bytes.
+        return FetchOutcome(FetchKind.AUTH, message=KEY_MESSAGE)
+    try:
+        with watching(clock() + endpoint.timeout, clock) as watch:
+            outcome, attempts = _attempts(session, endpoint, watch, sleep)
+    except Exception as err:  # noqa: BLE001 - the contract is "never raises"; say what it was
+        outcome, attempts = _transient(f"the fetch failed unexpectedly ({type(err).__name__})"), 1
+    return _finish(outcome, attempts, key)
+
+
+def _attempts(session: requests.Session, endpoint: Endpoint, watch: Watch,
+              sleep: Callable[[float], None]) -> tuple[FetchOutcome, int]:
     attempts = 0
     while True:
         attempts += 1
-        outcome, retry_after = _attempt(session, endpoint, deadline, clock)
+        outcome, retry_after = _attempt(session, endpoint, watch)
         if outcome.kind is not FetchKind.TRANSIENT or attempts > MAX_RETRIES:
-            return _with_attempts(outcome, attempts, endpoint.api_key)
+            return outcome, attempts
         wait = retry_after if retry_after is not None else BACKOFF[attempts - 1]
         # urllib3 would honour Retry-After for hours; we honour it only inside the budget.
-        if clock() + wait >= deadline - 0.05:
-            return _with_attempts(outcome, attempts, endpoint.api_key)
+        if watch.clock() + wait >= watch.deadline - 0.05:
+            return outcome, attempts
         sleep(wait)
 
 
-def _with_attempts(outcome: FetchOutcome, attempts: int, key: str) -> FetchOutcome:
-    # Messages quote only our own words and a few response headers; mask the key
-    # anyway in case a server echoes it into one of them.
+def _finish(outcome: FetchOutcome, attempts: int, key: str) -> FetchOutcome:
+    # Messages quote our own words and a few response headers: mask the key in case a
+    # server echoes it into one, and escape controls so a header cannot rewrite the
+    # terminal, split a log line or reorder text (the one exit, so every path is covered).
     message = outcome.message.replace(key, "***") if key else outcome.message
+    message = escape_controls(message)
     return FetchOutcome(outcome.kind, outcome.total_credits, outcome.total_usage, message, attempts)
 
 
 def _attempt(
-    session: requests.Session, endpoint: Endpoint, deadline: float, clock: Callable[[], float]
+    session: requests.Session, endpoint: Endpoint, watch: Watch
 ) -> tuple[FetchOutcome, float | None]:
-    left = deadline - clock()
-    if left <= 0:
-        return _transient(f"timed out after {endpoint.timeout:g}s"), None
+    timed_out = _transient(f"timed out after {endpoint.timeout:g}s")
+    try:
+        left = watch.left()
+    except TimeoutError:
+        return timed_out, None
     headers = {
         "Authorization": f"Bearer {endpoint.api_key}",
         "Accept": "application/json",
+        "Accept-Encoding": ACCEPT_ENCODING,
         "User-Agent": USER_AGENT,
     }
     try:
         response = session.get(
             endpoint.url, headers=headers, timeout=(left, left), stream=True, allow_redirects=False
         )
-    except requests.Timeout:
-        return _transient(f"timed out after {endpoint.timeout:g}s"), None
-    except requests.ConnectionError:
-        return _transient("could not connect to the API"), None
+        with response:
+            return _classify(response, watch, endpoint.timeout)
     except requests.RequestException as err:
+        if watch.expired or isinstance(err, requests.Timeout):
+            return timed_out, None
+        if isinstance(err, requests.ConnectionError):
+            return _transient("could not connect to the API"), None
         return _transient(f"request failed ({type(err).__name__})"), None
-    with response:
-        return _classify(response, deadline, clock, endpoint.timeout)
+    finally:
+        watch.release()  # the attempt's connection ends with it, whatever happened
 
 
 def _classify(
-    response: requests.Response, deadline: float, clock: Callable[[], float], timeout: float
+    response: requests.Response, watch: Watch, timeout: float
 ) -> tuple[FetchOutcome, float | None]:
     status = response.status_code
     if status in (401, 403):
@@ -133,59 +161,32 @@ def _classify(
         return _bad(f"HTTP {status}: the API redirected; redirects are not followed"), None
     if not 200 <= status < 300:
         return _bad(f"HTTP {status} from the API (is base_url right?)"), None
+    decoder = decoder_for(response.headers.get("Content-Encoding", ""), MAX_BODY)
+    if isinstance(decoder, str):
+        return _bad(decoder), None
     try:
-        body = _read_body(response, deadline, clock)
+        body = _read_body(response.raw, decoder, watch)
     except _Deadline:
         return _transient(f"timed out after {timeout:g}s while reading the body"), None
-    except _TooBig:
-        return _bad(f"the body is larger than {MAX_BODY} bytes"), None
-    except requests.RequestException:
-        return _transient("the connection closed in the middle of the body"), None
+    except Refused as err:
+        return _bad(str(err)), None
     return _parse(body, response.headers.get("Content-Type", "")), None
 
 
-def _read_body(response: requests.Response, deadline: float, clock: Callable[[], float]) -> bytes:
-    """Read the body against the deadline: requests' timeouts are per read, not per request."""
-    raw = response.raw
-    # A server trickling one byte a second never trips a per-read timeout;
-    # at the deadline, shut the socket down so a blocked read returns at once.
-    watchdog = threading.Timer(max(0.0, deadline - clock()), _shutdown, args=(raw,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        return _read_chunks(raw, deadline, clock)
-    except (OSError, ValueError) as err:
-        if clock() >= deadline:
-            raise _Deadline from None
-        raise requests.ConnectionError(type(err).__name__) from None
-    finally:
-        watchdog.cancel()
-
-
-def _read_chunks(raw: Any, deadline: float, clock: Callable[[], float]) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+def _read_body(raw: Any, decoder: Decoder, watch: Watch) -> bytes:
+    """Read and decode the body against the deadline (the watch ends a read blocked past it)."""
     while True:
         try:
-            chunk = raw.read1(16 * 1024)
+            chunk = raw.read1(CHUNK, decode_content=False)  # we decode, bounded, ourselves
         except Exception as err:  # noqa: BLE001 - urllib3 wraps socket errors in many types of its own
-            if clock() >= deadline:
+            if watch.passed():
                 raise _Deadline from None
             raise requests.ConnectionError(type(err).__name__) from None
-        if clock() >= deadline:
+        if watch.passed():
             raise _Deadline
         if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _TooBig
-        chunks.append(chunk)
-
-
-def _shutdown(raw: Any) -> None:
-    # Already closed or released to the pool: nothing is left to unblock.
-    with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
-        raw.shutdown()
+            return decoder.finish()
+        decoder.feed(chunk)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -228,7 +229,7 @@ def _reject_constant(name: str) -> float:
 
 
 def _amount(data: dict[str, Any], name: str) -> float | str:
-    """The field as a finite non-negative float, or a sentence saying what is wrong."""
+    """The field as a finite float in [0, MAX_AMOUNT], or a sentence saying what is wrong."""
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{name} is missing or not a number"
@@ -240,6 +241,8 @@ def _amount(data: dict[str, Any], name: str) -> float | str:
         return f"{name} is not a finite number"
     if number < 0:
         return f"{name} is negative"
+    if number > MAX_AMOUNT:
+        return f"{name} is above 1e12 USD, which no account holds"
     return number
 
 
