@@ -78,7 +78,10 @@ BAD_NAMES = {
 }
 OTHER_FIELDS: dict[tuple[Any, ...], list[Any]] = {
     ("openrouter", "base_url"): ["ftp://x", "http://example.com/api/v1", "https://", "", 5,
-                                 "https://user:pw@example.com", "openrouter.ai"],
+                                 "https://user:pw@example.com", "openrouter.ai",
+                                 "http://127.0.0.1:99999/api/v1", "https://openrouter.ai:x1/api/v1",
+                                 "https://openrouter.ai/api/v1#top", "https://openrouter.ai/api/v1?a=1",
+                                 "https://openrouter.ai/api\tv1", "https://openrouter.ai/api/v1\r\n"],
     ("openrouter", "api_key_env"): ["", "1ABC", "A-B", "КЛЮЧ", 5, ["K"]],
     ("openrouter", "timeout"): ["11m", "1h"],  # valid durations, over the 10m cap
     ("alerts", "send_resolved"): ["yes", "true", 1, 0, [], {"v": True}],
@@ -363,6 +366,25 @@ def test_fuzzed_settings_through_the_cli(
     assert fake_api.count == 0
 
 
+DEEP_DOCUMENTS = {
+    "arrays": "a = " + "[" * 600 + "]" * 600 + "\n",
+    "inline-tables": "a = " + "{b = " * 600 + "1" + "}" * 600 + "\n",
+    "in-a-rule": "[[rules]]\nname = 'r'\ntype = 'threshold'\nbelow = " + "[" * 600 + "]" * 600 + "\n",
+    "dotted-keys": "a" + ".b" * 200 + " = 1\n",
+}
+
+
+@pytest.mark.parametrize("doc", list(DEEP_DOCUMENTS))
+@pytest.mark.parametrize("command", [["check"], ["config", "check"]], ids=["check", "config-check"])
+def test_deeply_nested_settings_are_one_line_exit_78(
+        tmp_path: Path, fake_api: FakeOpenRouter, run_cli: RunCli, doc: str, command: list[str]) -> None:
+    config = write_settings(tmp_path, DEEP_DOCUMENTS[doc])
+    result = run_cli(*command, config=config, env={"OPENROUTER_API_KEY": KEY})
+    line = one_line_failure(result, 78)
+    assert line.startswith("settings: ") and "nested" in line, line
+    assert fake_api.count == 0 and not list(tmp_path.glob("*.db*"))
+
+
 def test_a_key_with_a_newline_stays_on_one_line() -> None:
     with pytest.raises(SettingsError) as caught:
         parse_settings('[schedule]\n"inter\\nval" = "5m"\n', {})
@@ -428,7 +450,7 @@ def bed(tmp_path: Path, fake_api: FakeOpenRouter, restore_logging: None,
 
 
 def oracle(body: bytes) -> tuple[float, float] | None:
-    """The contract: JSON whose data.total_credits/total_usage are finite, >= 0, not booleans."""
+    """The contract: JSON whose data.total_credits/total_usage are finite, in [0, 1e12], not booleans."""
     def refuse(name: str) -> Any:
         raise ValueError(name)
 
@@ -448,7 +470,7 @@ def oracle(body: bytes) -> tuple[float, float] | None:
             number = float(value)
         except OverflowError:
             return None
-        if not math.isfinite(number) or number < 0:
+        if not math.isfinite(number) or not 0 <= number <= 1e12:  # CONTRACT: above 1e12 is bad
             return None
         values.append(number)
     return values[0], values[1]

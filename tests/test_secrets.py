@@ -282,6 +282,23 @@ SETTINGS_ERRORS = {
     "rule-name": ('[openrouter]\nbase_url = "{base}"\n[[rules]]\n'
                   'name = "low ${{OPENROUTER_API_KEY}}"\ntype = "threshold"\nbelow = 1.0\n',
                   "rules[0].name"),
+    # Values that are quoted when written in the file, but not when they come from ${VAR}.
+    "rule-type": ('[openrouter]\nbase_url = "{base}"\n[[rules]]\nname = "low"\n'
+                  'type = "${{BARE_TOKEN}}"\n', "rules[0].type"),
+    "duplicate-channel": ('[openrouter]\nbase_url = "{base}"\n[[channels]]\nname = "${{BARE_TOKEN}}"\n'
+                          'url = "json://127.0.0.1:9/x"\n[[channels]]\nname = "${{BARE_TOKEN}}"\n'
+                          'url = "json://127.0.0.1:9/y"\n', "channels[1].name"),
+    "undefined-channel": ('[openrouter]\nbase_url = "{base}"\n[[rules]]\nname = "low"\n'
+                          'type = "threshold"\nbelow = 1.0\nchannels = ["${{BARE_TOKEN}}"]\n',
+                          "rules[0].channels[0]"),
+    # A URL from ${VAR} that apprise cannot load: neither its parts nor apprise's own
+    # warnings about them reach the terminal.
+    "channel-unknown": ('[openrouter]\nbase_url = "{base}"\n[[channels]]\nname = "hook"\n'
+                        'url = "${{BARE_URL}}"\n', "channels[0].url"),
+    "channel-malformed": ('[openrouter]\nbase_url = "{base}"\n[[channels]]\nname = "chat"\n'
+                          'url = "slack://${{BARE_TOKEN}}/B000"\n', "channels[0].url"),
+    "base-url-port": ('[openrouter]\nbase_url = "http://127.0.0.1:${{BARE_TOKEN}}/api/v1"\n',
+                      "openrouter.base_url"),
 }
 
 
@@ -291,7 +308,8 @@ def test_settings_error_does_not_echo_a_secret(
     template, path = SETTINGS_ERRORS[case]
     body = template.format(base=fake_api.base_url)
     cfg = write_settings(tmp_path, body + f'[database]\nurl = "sqlite:///{tmp_path}/cw.db"\n')
-    env = {"OPENROUTER_API_KEY": KEY, "BARE_TOKEN": "CANARY-BARE-TOKEN-2c3d4e"}
+    env = {"OPENROUTER_API_KEY": KEY, "BARE_TOKEN": "CANARY-BARE-TOKEN-2c3d4e",
+           "BARE_URL": "nosuchservice://CANARY-BARE-URL-7a8b9c@example.com/"}
 
     result = run_cli("--log-level", "DEBUG", "check", config=cfg, env=env)
 
@@ -301,3 +319,126 @@ def test_settings_error_does_not_echo_a_secret(
     assert MARKER not in output, f"a secret leaked: ...{_excerpt(output)}..."
     assert fake_api.count == 0
     assert not list(tmp_path.glob("cw.db*"))
+
+
+DB_CASES = {
+    # The driver's own message would quote the part it choked on.
+    "port": ("postgresql+psycopg://cw@127.0.0.1:${BARE_TOKEN}/x", 78),
+    "query-password": ("postgresql+psycopg://cw@127.0.0.1:1/x?password=${BARE_TOKEN}", 3),
+    "userinfo-password": ("postgresql+psycopg://cw:${BARE_TOKEN}@127.0.0.1:1/x", 3),
+    "sqlite": ("sqlite://cw:${BARE_TOKEN}@/x?password=${BARE_TOKEN}", 78),
+}
+
+
+@pytest.mark.parametrize("case", list(DB_CASES))
+def test_a_database_url_error_does_not_echo_a_secret(
+        tmp_path: Path, fake_api: FakeOpenRouter, run_cli: RunCli, case: str) -> None:
+    url, code = DB_CASES[case]
+    cfg = write_settings(tmp_path, f'[openrouter]\nbase_url = "{fake_api.base_url}"\n'
+                                   f'[database]\nurl = "{url}"\n')
+    env = {"OPENROUTER_API_KEY": KEY, "BARE_TOKEN": "CANARY-BARE-TOKEN-2c3d4e"}
+
+    result = run_cli("--log-level", "DEBUG", "check", config=cfg, env=env, timeout=30)
+
+    assert result.code == code, result
+    assert "database" in result.stderr, result
+    output = result.stdout + result.stderr
+    assert MARKER not in output, f"a secret leaked: ...{_excerpt(output)}..."
+    assert fake_api.count == 0
+
+
+def every_setting_from_a_variable(tmp_path: Path, base_url: str) -> Path:
+    """A settings file where every string setting is invalid and holds ${S}."""
+    return write_settings(tmp_path, f"""
+        [openrouter]
+        base_url = "{base_url}"
+        timeout = "${{S}}"
+        [schedule]
+        interval = "${{S}}"
+        [database]
+        url = "sqlite:///{tmp_path}/cw.db"
+        keep_raw = "${{S}}"
+        keep_rollups = "1${{S}}"
+        [alerts]
+        repeat_interval = "${{S}}"
+        send_resolved = "${{S}}"
+        [forecast]
+        window = "${{S}}"
+        [[channels]]
+        name = "${{S}}"
+        url = "json://127.0.0.1:9/x"
+        [[channels]]
+        name = "${{S}}"
+        url = "${{S}}"
+        [[rules]]
+        name = "a"
+        type = "${{S}}"
+        [[rules]]
+        name = "${{S}} x"
+        type = "threshold"
+        below = "${{S}}"
+        severity = "${{S}}"
+        channels = ["x${{S}}"]
+        for = "${{S}}"
+        [[rules]]
+        name = "b"
+        type = "burn_rate"
+        window = "${{S}}"
+        short_window = "${{S}}"
+        above = "${{S}}"
+        [[rules]]
+        name = "c"
+        type = "runway"
+        window = "1h"
+        below = "${{S}}"
+        [[rules]]
+        name = "d"
+        type = "fetch_failure"
+        consecutive = "${{S}}"
+        """)
+
+
+@pytest.mark.parametrize("command", [["check"], ["config", "check"]])
+def test_no_settings_error_echoes_a_value_from_a_variable(
+        tmp_path: Path, fake_api: FakeOpenRouter, run_cli: RunCli, command: list[str]) -> None:
+    cfg = every_setting_from_a_variable(tmp_path, fake_api.base_url)
+
+    result = run_cli(*command, config=cfg, env={"OPENROUTER_API_KEY": KEY, "S": "CANARY-VAR-4f5a6b"})
+
+    assert result.code == 78, result
+    lines = result.stderr.splitlines()
+    assert len(lines) >= 20, lines  # every setting reported, all at once
+    assert not [line for line in lines if MARKER in line], lines
+    assert result.stdout == "" and fake_api.count == 0
+
+
+# --------------------------------------------------------------------------- the API key
+
+
+BAD_KEYS = {"non-ascii": KEY + "\u00e9", "space": KEY.replace("-", " ", 1), "newline": KEY + "\n",
+            "nbsp": "\u00a0" + KEY, "control": KEY[:10] + "\x01" + KEY[10:],
+            "zero-width": KEY + "\u200b"}
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize("case", list(BAD_KEYS))
+def test_an_api_key_that_is_not_printable_ascii_is_one_line_exit_78(
+        tmp_path: Path, fake_api: FakeOpenRouter, run_cli: RunCli, case: str, command: str) -> None:
+    cfg = write_settings(tmp_path, f"""
+        [openrouter]
+        base_url = "{fake_api.base_url}"
+        timeout = "1s"
+        [schedule]
+        interval = "1s"
+        [database]
+        url = "sqlite:///{tmp_path}/cw.db"
+        """)
+
+    result = run_cli(command, config=cfg, env={"OPENROUTER_API_KEY": BAD_KEYS[case]}, timeout=30)
+
+    assert result.code == 78, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("openrouter.api_key_env: "), result.stderr
+    assert "OPENROUTER_API_KEY" in lines[0] and "printable ASCII" in lines[0]
+    assert MARKER not in result.stdout + result.stderr
+    assert fake_api.count == 0 and not list(tmp_path.glob("cw.db*"))

@@ -544,6 +544,9 @@ def test_several_problems_are_all_reported() -> None:
         "http://127.5.6.7:1/",
         "http://localhost:9000",
         "http://[::1]:9000/api",
+        "http://[::1]:9000/api/v1",
+        "http://localhost:8080/api/v1",
+        "http://127.0.0.1:65535/api/v1",
     ],
 )
 def test_base_url_accepted(url: str) -> None:
@@ -567,6 +570,80 @@ def test_plain_http_to_a_non_loopback_host_is_an_error(url: str) -> None:
     lines = problems(f"[openrouter]\nbase_url = '{url}'")
     assert len(lines) == 1 and lines[0].startswith("openrouter.base_url: ")
     assert "https" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:65536/api/v1",
+        "http://127.0.0.1:99999",
+        "https://openrouter.ai:0/api/v1",
+        "http://127.0.0.1:80a/api/v1",
+        "http://localhost:-1/",
+        "https://openrouter.ai/api/v1\t",
+        "https://openrouter.ai/api\tv1",
+        "https://openrouter.ai/api v1",
+        " https://openrouter.ai/api/v1",
+        "https://openrouter.ai/api/v1\n",
+        "https://openrouter.ai/api/v1\u0000",
+        "https://openrouter.ai/api/v1\u00a0",
+        "https://openrouter.ai/api/v1#fragment",
+        "https://openrouter.ai/api/v1#",
+        "https://openrouter.ai/api/v1?x=1",
+        "https://openrouter.ai/api/v1?",
+    ],
+)
+def test_base_url_with_a_bad_port_whitespace_a_fragment_or_a_query_is_an_error(url: str) -> None:
+    lines = problems(f"[openrouter]\nbase_url = {json.dumps(url)}")
+    assert len(lines) == 1 and lines[0].startswith("openrouter.base_url: "), lines
+
+
+# --------------------------------------------------------------------------- nesting
+
+
+DEEP = {
+    "600 arrays": "a = " + "[" * 600 + "]" * 600,
+    "600 inline tables": "a = " + "{b = " * 600 + "1" + "}" * 600,
+    "100 arrays in a known key": "[[channels]]\nname = 'c'\nurl = " + "[" * 100 + "]" * 100,
+    "100 dotted keys": "a" + ".b" * 100 + " = 1",
+    "100 table headers": "[" + ".".join(["t"] * 100) + "]\nx = 1",
+    "arrays of tables": "".join(f"[[{'.'.join(['r'] * n)}]]\n" for n in range(1, 60)),
+}
+
+
+@pytest.mark.parametrize("text", DEEP.values(), ids=list(DEEP))
+def test_nesting_past_a_sane_depth_is_one_line(text: str) -> None:
+    lines = problems(text)
+    assert len(lines) == 1 and lines[0].startswith("settings: ") and "nested" in lines[0], lines
+
+
+def test_nesting_within_the_limit_is_judged_as_usual() -> None:
+    assert problems("a = " + "[" * 20 + "]" * 20) == ["a: unknown setting"]
+
+
+# --------------------------------------------------------------------------- API key
+
+
+@pytest.mark.parametrize("key", ["sk-or-v1-abc\u00e9", "sk-or-v1-abc def", "sk-or-v1-abc\n",
+                                 "\u00a0sk-or-v1-abc", "sk-or\x01-v1-abc", "sk-or-v1-\u200babc",
+                                 "sk-or-v1-abc\t", "sk-or-v1-ключ"])
+def test_an_api_key_that_is_not_printable_ascii_is_named_never_echoed(key: str) -> None:
+    problem = parse("").openrouter.key_problem({"OPENROUTER_API_KEY": key})
+    assert problem is not None and problem.startswith("openrouter.api_key_env: "), problem
+    assert "OPENROUTER_API_KEY" in problem and "printable ASCII" in problem
+    assert "sk-or" not in problem and "abc" not in problem
+    assert_one_problem_line(problem)
+
+
+@pytest.mark.parametrize("key", ["sk-or-v1-0123456789abcdef", "!#$%&'()*+,-./:;<=>?@[]^_`{|}~", "x"])
+def test_a_printable_ascii_api_key_is_fine(key: str) -> None:
+    assert parse("").openrouter.key_problem({"OPENROUTER_API_KEY": key}) is None
+
+
+@pytest.mark.parametrize("environ", [{}, {"OPENROUTER_API_KEY": ""}])
+def test_a_missing_api_key_names_the_variable(environ: dict[str, str]) -> None:
+    problem = parse("").openrouter.key_problem(environ)
+    assert problem is not None and "OPENROUTER_API_KEY is not set or empty" in problem
 
 
 # --------------------------------------------------------------------------- secrets
@@ -661,7 +738,7 @@ def documents(draw: st.DrawFn) -> str:
     out = []
     for section in draw(st.lists(st.sampled_from([*KEYS, "bogus"]), unique=True)):
         out.append(f"[{section}]")
-        keys = KEYS.get(section, []) + ["zzz"]
+        keys = [*KEYS.get(section, []), "zzz"]
         for key in draw(st.lists(st.sampled_from(keys), unique=True)):
             out.append(f"{key} = {draw(scalars())}")
     for _ in range(draw(st.integers(0, 3))):
@@ -742,6 +819,49 @@ def test_fuzz_a_secret_in_any_field_never_reaches_a_problem(
         assert not any(CANARY in line for line in outcome), outcome
     else:
         assert CANARY not in repr(outcome)
+
+
+VAR_CANARY = "CANARY-FROM-VAR-7d8e9f"  # also a valid name: only context makes it wrong
+# Every string setting, each with values built around ${S} that cannot be valid there.
+VAR_TEMPLATES = [
+    "[openrouter]\nbase_url = {v}", "[openrouter]\napi_key_env = {v}", "[openrouter]\ntimeout = {v}",
+    "[schedule]\ninterval = {v}", "[database]\nurl = {v}", "[database]\nkeep_raw = {v}",
+    "[database]\nkeep_rollups = {v}", "[database]\ntimeout = {v}", "[alerts]\nrepeat_interval = {v}",
+    "[alerts]\nsend_resolved = {v}", "[alerts]\nsend_timeout = {v}", "[alerts]\ngive_up_after = {v}",
+    "[forecast]\nwindow = {v}",
+    "[[channels]]\nname = {v}\nurl = 'json://h'", "[[channels]]\nname = 'c'\nurl = {v}",
+    rule("name = {v}\ntype = 'threshold'\nbelow = 1"),
+    rule("name = 'r'\ntype = {v}\nbelow = 1"),
+    rule("name = 'r'\ntype = 'threshold'\nbelow = 1\nseverity = {v}"),
+    rule("name = 'r'\ntype = 'threshold'\nbelow = 1\nfor = {v}"),
+    rule("name = 'r'\ntype = 'threshold'\nbelow = {v}"),
+    rule("name = 'r'\ntype = 'threshold'\nbelow_percent = {v}"),
+    rule("name = 'r'\ntype = 'threshold'\nbelow = 1\nclear_above = {v}"),
+    rule("name = 'r'\ntype = 'burn_rate'\nwindow = {v}\nabove = 1"),
+    rule("name = 'r'\ntype = 'burn_rate'\nwindow = '1h'\nshort_window = {v}\nabove = 1"),
+    rule("name = 'r'\ntype = 'burn_rate'\nwindow = '1h'\nabove = {v}"),
+    rule("name = 'r'\ntype = 'runway'\nwindow = '1h'\nbelow = {v}"),
+    rule("name = 'r'\ntype = 'fetch_failure'\nconsecutive = {v}"),
+    # Cross-references: a duplicate name and an undefined channel, from ${S}.
+    "[[channels]]\nname = {v}\nurl = 'json://h'\n[[channels]]\nname = {v}\nurl = 'json://h'",
+    rule("name = {v}\ntype = 'runway'\nwindow = '1h'\nbelow = '1h'")
+    + rule("name = {v}\ntype = 'runway'\nwindow = '1h'\nbelow = '1h'"),
+    CHANNEL + rule("name = 'r'\ntype = 'threshold'\nbelow = 1\nchannels = [{v}]"),
+]
+VAR_VALUES = ["${S}", "x${S}", "${S} x", "1${S}", "5m${S}", "https://${S}:99999/x", "json://u:${S}@h",
+              "http://[::1${S}", "${S}${S}"]
+
+
+@pytest.mark.parametrize("template", VAR_TEMPLATES)
+def test_a_value_from_a_variable_is_never_echoed(template: str) -> None:
+    refused = 0
+    for value in VAR_VALUES:
+        try:
+            parse_settings(template.format(v=json.dumps(value)), {"S": VAR_CANARY})
+        except SettingsError as err:
+            refused += 1
+            assert not any("7d8e9f" in line for line in err.problems), err.problems
+    assert refused, "no value was refused: the case proves nothing"
 
 
 def test_problem_lines_match_the_documented_shape() -> None:

@@ -6,19 +6,36 @@ import logging
 import sys
 
 from worker.redact import Redactor
+from worker.text import escape_controls
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class RedactingFormatter(logging.Formatter):
-    """Formats as usual, then masks secrets in the whole line, tracebacks included."""
+    """Formats as usual, then masks secrets in the whole record, tracebacks included.
+
+    A record is one line: text from outside (API bodies, channel errors) may hold
+    newlines or terminal escapes, which would forge log lines or repaint the terminal, so
+    control characters in the message are escaped. Only a traceback adds lines, and its
+    lines are escaped one by one.
+    """
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__(FORMAT, datefmt="%Y-%m-%dT%H:%M:%S%z")
         self._redactor = redactor
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Mask before escaping: a secret written with a control character still matches.
+        return escape_controls(self._redactor(super().formatMessage(record)))
+
     def format(self, record: logging.LogRecord) -> str:
-        return self._redactor(super().format(record))
+        # The first line is formatMessage's, escaped; whatever follows is a traceback or stack.
+        head, newline, trace = super().format(record).partition("\n")
+        return head + newline + _escape_lines(self._redactor(trace))
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
 def setup(level: str, redactor: Redactor) -> None:

@@ -11,8 +11,8 @@ import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -30,9 +30,14 @@ from worker.domain import Severity
 from worker.durations import DurationError, format_duration, parse_duration
 from worker.settings_checks import (
     ENV_NAME,
+    TOO_DEEP,
+    Sourced,
     cross_check,
     describe,
     expand,
+    key_problem,
+    scrub,
+    too_deep,
 )
 from worker.settings_checks import (
     SettingsError as SettingsError,  # re-exported: the error of parse_settings
@@ -82,14 +87,11 @@ class OpenRouter(_Model):
     @field_validator("base_url")
     @classmethod
     def _https_unless_loopback(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            msg = "must be an http(s) URL such as https://openrouter.ai/api/v1"
-            raise ValueError(msg)
+        parts = _split_base_url(value)
         if parts.username or parts.password:
             msg = "must not carry credentials; the key comes from api_key_env"
             raise ValueError(msg)
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not _is_loopback(str(parts.hostname)):
             msg = "must use https unless the host is loopback (the key would travel in clear)"
             raise ValueError(msg)
         return value.rstrip("/")
@@ -109,6 +111,33 @@ class OpenRouter(_Model):
             msg = "must be at most 10m"
             raise ValueError(msg)
         return value
+
+    def key_problem(self, environ: Mapping[str, str]) -> str | None:
+        """Why the API key in `environ` cannot be used (unset, empty, not printable ASCII), or None."""
+        return key_problem(self.api_key_env, environ.get(self.api_key_env, ""))
+
+
+def _split_base_url(value: str) -> SplitResult:
+    """The base URL's parts, or ValueError with a message that never quotes the value."""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        msg = "must not contain spaces, tabs or other control characters"
+        raise ValueError(msg)
+    if "?" in value or "#" in value:
+        msg = "must not have a query string or a #fragment; the paths below it are fixed"
+        raise ValueError(msg)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        msg = "must be an http(s) URL with a valid host and a port between 1 and 65535"
+        raise ValueError(msg) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = "must be an http(s) URL such as https://openrouter.ai/api/v1"
+        raise ValueError(msg)
+    if port == 0:
+        msg = "must have a port between 1 and 65535"
+        raise ValueError(msg)
+    return parts
 
 
 def _is_loopback(host: str) -> bool:
@@ -304,23 +333,35 @@ class Settings(_Model):
 
 def parse_settings(text: str, environ: Mapping[str, str]) -> Settings:
     """Parse, expand, validate and cross-check settings text; raise SettingsError."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SettingsError([f"settings: not valid TOML: {err}"]) from None
+    raw = _load_toml(text)
     problems: list[str] = []
-    expanded = expand(raw, environ, "", problems)
+    sourced: Sourced = {}
+    expanded = expand(raw, environ, "", problems, sourced)
     # Report every problem at once: a value whose variable is unset is not judged again.
     unset = {line.split(": ", 1)[0] for line in problems}
     settings: Settings | None = None
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as err:
-        problems += [line for line in describe(err) if line.split(": ", 1)[0] not in unset]
-    problems += [line for line in cross_check(expanded) if line.split(": ", 1)[0] not in unset]
+        problems += [line for line in describe(err, sourced) if line.split(": ", 1)[0] not in unset]
+    problems += [line for line in cross_check(expanded, sourced)
+                 if line.split(": ", 1)[0] not in unset]
     if problems or settings is None:
-        raise SettingsError(problems or ["settings: invalid"])
+        raise SettingsError(scrub(problems, sourced) or ["settings: invalid"])
     return _with_default_fetch_rule(settings)
+
+
+def _load_toml(text: str) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError([f"settings: not valid TOML: {err}"]) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
+        raise SettingsError([TOO_DEEP]) from None
+    if too_deep(raw):
+        raise SettingsError([TOO_DEEP])
+    return raw
 
 
 def _with_default_fetch_rule(settings: Settings) -> Settings:
