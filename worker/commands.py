@@ -23,13 +23,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import db, logs, store
 from worker.cli import EX_FAILURE, ConfigError, UsageError, parse_since, settings_path
 from worker.config_view import render_settings
-from worker.delivery import Delivered, Result, Sender, check_urls
+from worker.delivery import Delivered, Result, Sender
 from worker.domain import ExitCode, Reading
 from worker.forecast import burn_rate, runway_hours
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
 from worker.outbox import Config, Outbox
-from worker.redact import Redactor, url_secrets
+from worker.redact import Redactor, channel_problem, credentials, inspect_url
 from worker.reports import (
     FiringAlert,
     LastFetch,
@@ -69,15 +69,13 @@ def load(args: argparse.Namespace, environ: Mapping[str, str], need_key: bool = 
     settings = _read_settings(settings_path(args, environ), environ)
     redact = Redactor()
     logs.setup(args.log_level, redact)
-    key = environ.get(settings.openrouter.api_key_env, "")
-    redact.add([key, *_db_secrets(settings)])
-    channels = {c.name: c.url.get_secret_value() for c in settings.channels}
-    for url in channels.values():
-        redact.add(url_secrets(url))
-    problems = check_urls(channels)
-    if need_key and not key:
-        problems.append(f"openrouter.api_key_env: environment variable {settings.openrouter.api_key_env} "
-                        "is not set or empty (it must hold an OpenRouter management key)")
+    redact.add([environ.get(settings.openrouter.api_key_env, ""), *_db_secrets(settings)])
+    infos = [(c.name, inspect_url(c.url.get_secret_value())) for c in settings.channels]
+    for _, info in infos:
+        redact.add(info.secrets)
+    problems = [line for i, (name, info) in enumerate(infos) if (line := channel_problem(i, name, info))]
+    key_problem = settings.openrouter.key_problem(environ) if need_key else None
+    problems += [key_problem] if key_problem else []
     if problems:
         raise ConfigError([redact(p) for p in problems])
     return Loaded(settings, redact, _engine(settings, redact))
@@ -97,21 +95,24 @@ def _read_settings(path: Path, environ: Mapping[str, str]) -> Settings:
 
 
 def _db_secrets(settings: Settings) -> list[str]:
-    raw = settings.database.url.get_secret_value()
-    try:
-        password = make_url(raw).password
-    except Exception:  # noqa: BLE001 - reported as a config error by _engine
-        return [raw]
-    return [str(password)] if password else []
+    # The userinfo password and any secret-named query value (?password=, ?sslpassword=),
+    # as written and decoded: drivers may quote either in their errors.
+    return list(credentials(settings.database.url.get_secret_value()))
 
 
 def _engine(settings: Settings, redact: Redactor) -> Engine:
     url = settings.database.url.get_secret_value()
     try:
+        make_url(url)
+    except Exception:  # noqa: BLE001 - ArgumentError, a port that is no number...: unusable
+        # Its own message quotes the URL, or the part it choked on, which may be the password.
+        raise ConfigError(["database.url: not a valid SQLAlchemy URL (the form is "
+                           "dialect+driver://user:password@host:port/database)"]) from None
+    try:
         return db.make_engine(url, settings.database.timeout.total_seconds())
-    except Exception as err:  # noqa: BLE001 - ArgumentError, missing driver...: the URL is unusable
-        problem = f"database.url: cannot use {db.redacted_url(url)}: {redact(db.first_line(err))}"
-        raise ConfigError([problem]) from None
+    except Exception as err:  # noqa: BLE001 - a missing dialect or driver...: the URL is unusable
+        reason = escape_controls(db.first_line(err))
+        raise ConfigError([redact(f"database.url: cannot use {db.redacted_url(url)}: {reason}")]) from None
 
 
 def database_problem(err: SQLAlchemyError, loaded: Loaded) -> RuntimeProblem:

@@ -184,17 +184,3 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
             if pipe is not None:
                 pipe.close()
-
-
-def check_urls(channels: dict[str, str]) -> list[str]:
-    """One `channels[i].url` problem line per URL apprise cannot load (to be replaced by
-    redact.channel_problems)."""
-    import apprise
-
-    problems = []
-    for i, (name, url) in enumerate(channels.items()):
-        if apprise.Apprise.instantiate(url) is None:
-            scheme = url.split("://", 1)[0]
-            problems.append(f"channels[{i}].url: apprise does not support this URL "
-                            f"(scheme {scheme!r}) for channel {name!r}")
-    return problems
