@@ -74,8 +74,10 @@ def figures(m: Measured) -> list[Figure]:
             f"clock stepping {INTERVAL} a tick; {m.seconds:.0f} s for {LAST:,} ticks; exit code "
             f"{m.exit_code} on SIGTERM (0 expected)")
     return [
-        Figure(f"resident memory of `creditwatch run` after {LAST:,} ticks", rss, 70.0, "MB", 1,
-               f"VmRSS, {path}; peak (VmHWM) {m.hwm_kb * 1024 / MB:.1f} MB."),
+        Figure(f"resident memory of `creditwatch run` (process tree) between deliveries, after "
+               f"{LAST:,} ticks", rss, 70.0, "MB", 1,
+               f"VmRSS of the process and its children, {path}; peak (VmHWM) of the process "
+               f"{m.hwm_kb * 1024 / MB:.1f} MB."),
         Figure(f"resident memory growth, tick {FIRST:,} -> {LAST:,}", growth, 2.0, "MB", 1,
                f"VmRSS in MB by tick: {trail}."),
     ]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import clibench
+import hostilebench
 import machine
 import memorybench
 import tickbench
@@ -29,7 +30,7 @@ from profiling import profile
 from table import Figure, median, render_table
 from testbed import servers
 
-PARTS = ("tick", "memory", "cli", "year", "imports")
+PARTS = ("tick", "memory", "cli", "year", "hostile", "imports")
 OUT = Path(__file__).with_name(".out")
 
 
@@ -84,6 +85,14 @@ def run_year_part(folder: Path, results: Results) -> None:
                             yearbench.layout(year)))
 
 
+def run_hostile_part(folder: Path, results: Results) -> None:
+    progress(f"hostile: {hostilebench.STOP_RUNS} stops of `run` with a stuck channel")
+    stops = hostilebench.stop_times(folder)
+    progress(f"hostile: {hostilebench.TICKS} ticks of `run` against a trickling API and channel")
+    threads = hostilebench.threads_over_ticks(folder)
+    results.figures += hostilebench.figures(stops, threads)
+
+
 def run_imports_part(_folder: Path, results: Results) -> None:
     progress("imports: python -X importtime, each module in a fresh interpreter")
     results.details.append((f"Import costs, for information (median of {clibench.IMPORT_RUNS})",
@@ -92,7 +101,7 @@ def run_imports_part(_folder: Path, results: Results) -> None:
 
 RUNNERS: dict[str, Callable[[Path, Results], None]] = {
     "tick": run_tick_part, "memory": run_memory_part, "cli": run_cli_part,
-    "year": run_year_part, "imports": run_imports_part,
+    "year": run_year_part, "hostile": run_hostile_part, "imports": run_imports_part,
 }
 
 

@@ -57,7 +57,7 @@ class Probe:
     def after_tick(self) -> None:
         self._ticks += 1
         if self._ticks % EVERY == 0 or self._ticks == self._last:
-            self._rss_kb[self._ticks] = _status_kb("VmRSS")
+            self._rss_kb[self._ticks] = _tree_rss_kb()
         if self._ticks == self._last:
             self._write()
 
@@ -69,18 +69,45 @@ class Probe:
         partial.replace(self._out)  # atomic: the parent never reads half a file
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+def _status_kb(field: str, pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    msg = f"/proc/self/status has no {field}"
+    msg = f"/proc/{pid}/status has no {field}"
     raise RuntimeError(msg)
+
+
+def _tree_rss_kb() -> int:
+    """VmRSS of this process and every live descendant (sender children, were any running)."""
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    tree, frontier = {me}, [me]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree.update(children)
+        frontier += children
+    total = 0
+    for pid in tree:
+        try:
+            total += _status_kb("VmRSS", pid)
+        except (OSError, RuntimeError):
+            continue  # it ended meanwhile
+    return total
 
 
 def main(argv: list[str]) -> int:
     config, out, interval_ms, last = argv
     # From here on this is commands.cmd_run, but for the interval, the clock and the probe.
-    loaded = commands.load(argparse.Namespace(config=config, log_level="INFO"), os.environ, need_key=True)
+    loaded = commands.load(argparse.Namespace(config=config, log_level="INFO"), os.environ, need_key=True,
+                           inspect_in_child=True)
     commands.migrate_in_child(loaded, os.environ)
     deps = commands._tick_deps(loaded, os.environ)
     clock = VirtualClock(db.now_utc(), loaded.settings.schedule.interval)
@@ -95,8 +122,8 @@ def main(argv: list[str]) -> int:
             log.error("tick failed, will retry at the next one: %s", loaded.redact(repr(err)))
         probe.after_tick()
 
-    budget = worst_case_seconds(loaded.settings.openrouter.timeout.total_seconds())
-    return serve(tick, timedelta(milliseconds=float(interval_ms)), budget)
+    budget = worst_case_seconds(loaded.settings, commands.outbox_config(loaded.settings).worst_case)
+    return serve(tick, timedelta(milliseconds=float(interval_ms)), budget, deps.outbox.request_stop)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,42 @@ def test_notify_test_all_one_unknown_and_failing_channel(
     assert fake_api.count == 0
 
 
+def test_notify_test_without_channels_is_a_failure_not_a_usage_error(
+        tmp_path: Path, fake_api: FakeOpenRouter, cli: Cli) -> None:
+    """It exited 64, which is kept for command-line mistakes (issue 8)."""
+    result = cli(make_settings(tmp_path, fake_api), "notify-test", key=False)
+    assert result.code == 1, result
+    assert result.stderr.count("\n") == 1 and "no channels are configured" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_overdrawn_balance_reads_the_same_in_the_log_and_in_outputs(
+        tmp_path: Path, fake_api: FakeOpenRouter, cli: Cli) -> None:
+    """The log said $-15.00 where every output said -$15.00 (issue 8)."""
+    fake_api.set_balance(100.0, 115.0)
+    cfg = make_settings(tmp_path, fake_api)
+    check = cli(cfg, "check")
+    assert "balance=-$15.00" in check.stderr, check.stderr
+    assert "-$15.00 remaining" in check.stdout, check.stdout
+    assert "$-" not in check.stdout + check.stderr
+    status = cli(cfg, "status")
+    assert "-$15.00 remaining" in status.stdout and "$-" not in status.stdout
+
+
+def test_status_json_is_valid_json_whatever_the_api_said(
+        tmp_path: Path, fake_api: FakeOpenRouter, cli: Cli) -> None:
+    """After usage jumped to 1.7e308, status --json printed Infinity (issue 8)."""
+    cfg = make_settings(tmp_path, fake_api)
+    fake_api.set_balance(100.0, 10.0)
+    assert cli(cfg, "check").code == 0
+    fake_api.set_balance(1e12, 1.7e308)
+    assert cli(cfg, "check").code == 3  # a bad response: above 1e12 USD
+    fake_api.set_balance(1e12, 1e12)
+    assert cli(cfg, "check").code == 0
+    out = cli(cfg, "status", "--json").stdout
+    json.loads(out, parse_constant=lambda name: pytest.fail(f"status --json printed {name}"))
+
+
 # --------------------------------------------------------------------------- db upgrade
 
 

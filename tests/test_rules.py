@@ -126,6 +126,18 @@ def test_threshold_hysteresis(remaining: float, firing: bool, expected: Conditio
     assert evaluate(rule, facts(reading(remaining), firing=firing)).condition is expected
 
 
+def test_a_resolve_names_the_line_it_crossed() -> None:
+    """With clear_above = 15 the resolve summary said "above $10.00" (issue 8)."""
+    rule = threshold(below=10, clear_above=15)
+    resolved = evaluate(rule, facts(reading(16.0), firing=True))
+    assert resolved.condition is F
+    assert resolved.summary == "remaining $16.00 is above $15.00"
+    inside = evaluate(rule, facts(reading(12.0), firing=True))
+    assert inside.summary == "remaining $12.00 is not yet back above $15.00"
+    fired = evaluate(rule, facts(reading(9.0), firing=False))
+    assert fired.summary == "remaining $9.00 is below $10.00"
+
+
 def test_threshold_hysteresis_walk() -> None:
     rule = threshold(below=10, clear_above=15)
     firing = False

@@ -23,13 +23,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import db, logs, store
 from worker.cli import EX_FAILURE, ConfigError, UsageError, parse_since, settings_path
 from worker.config_view import render_settings
-from worker.delivery import Delivered, Result, Sender
+from worker.delivery import Delivered, Result, Sender, inspect_in_child
 from worker.domain import ExitCode, Reading
 from worker.forecast import burn_rate, runway_hours
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
 from worker.outbox import Config, Outbox
-from worker.redact import Redactor, channel_problem, credentials, inspect_url
+from worker.redact import Redactor, UrlInfo, channel_problem, credentials, inspect_url
 from worker.reports import (
     FiringAlert,
     LastFetch,
@@ -64,13 +64,14 @@ def failure_code(command: str) -> int:
     return int(ExitCode.UNKNOWN) if command == "check" else EX_FAILURE
 
 
-def load(args: argparse.Namespace, environ: Mapping[str, str], need_key: bool = False) -> Loaded:
+def load(args: argparse.Namespace, environ: Mapping[str, str], need_key: bool = False,
+         inspect_in_child: bool = False) -> Loaded:
     """Settings validated, secrets registered with the log redactor, engine built; nothing written."""
     settings = _read_settings(settings_path(args, environ), environ)
     redact = Redactor()
     logs.setup(args.log_level, redact)
     redact.add([environ.get(settings.openrouter.api_key_env, ""), *_db_secrets(settings)])
-    infos = [(c.name, inspect_url(c.url.get_secret_value())) for c in settings.channels]
+    infos = list(zip([c.name for c in settings.channels], _inspect(settings, inspect_in_child), strict=True))
     for _, info in infos:
         redact.add(info.secrets)
     problems = [line for i, (name, info) in enumerate(infos) if (line := channel_problem(i, name, info))]
@@ -79,6 +80,18 @@ def load(args: argparse.Namespace, environ: Mapping[str, str], need_key: bool = 
     if problems:
         raise ConfigError([redact(p) for p in problems])
     return Loaded(settings, redact, _engine(settings, redact))
+
+
+def _inspect(settings: Settings, in_child: bool) -> list[UrlInfo]:
+    """Each channel URL judged by apprise; in a child process for `run`, which would
+    otherwise keep apprise's plugin registry (~14.5 MB) for the rest of its life."""
+    urls = [c.url.get_secret_value() for c in settings.channels]
+    if not in_child or not urls:
+        return [inspect_url(url) for url in urls]
+    infos = inspect_in_child(urls)
+    if isinstance(infos, str):
+        raise RuntimeProblem(infos)
+    return infos
 
 
 def _read_settings(path: Path, environ: Mapping[str, str]) -> Settings:
@@ -230,7 +243,7 @@ def nagios_line(report: TickReport) -> str:
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     from worker.service import serve  # lazy: APScheduler is needed by `run` alone
 
-    loaded = load(args, environ, need_key=True)
+    loaded = load(args, environ, need_key=True, inspect_in_child=True)
     migrate_in_child(loaded, environ)
     deps = _tick_deps(loaded, environ)
     try:

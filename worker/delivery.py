@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.redact import UrlInfo
+
 # Starting the child: the interpreter and apprise's plugin registry (~0.3 s when idle).
 START_TIMEOUT = 15.0
 # The child's own answer may trail the end of the send by this much.
@@ -184,3 +186,20 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
             if pipe is not None:
                 pipe.close()
+
+
+def inspect_in_child(urls: list[str], environ: Mapping[str, str] | None = None) -> list[UrlInfo] | str:
+    """redact.inspect_url for each URL, judged in a child process so that apprise's plugin
+    registry never enters this one; a one-line reason if the child fails."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "worker.sender", "inspect"],
+                              input=json.dumps(urls).encode(), capture_output=True,
+                              env=dict(os.environ if environ is None else environ),
+                              timeout=START_TIMEOUT * 2, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"could not judge the channel URLs in a child process ({type(err).__name__})"
+    try:
+        infos = json.loads(done.stdout)["infos"]
+        return [UrlInfo(i["valid"], i["problem"], i["shown"], tuple(i["secrets"])) for i in infos]
+    except (ValueError, KeyError, TypeError):
+        return f"could not judge the channel URLs in a child process (exit {done.returncode})"

@@ -278,6 +278,9 @@ def _load(url: str) -> _Loaded:
     from apprise import Apprise, plugins
     from apprise.apprise import N_MGR
 
+    from worker.sender import apprise_object
+
+    apprise_object()  # registers the custom plugins of $APPRISE_PLUGIN_PATH, as the sender does
     with _apprise_log() as records:
         try:
             to_dict: Any = plugins.url_to_dict  # untyped in apprise

@@ -16,6 +16,7 @@ Secrets arrive on stdin, never in argv or the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,24 @@ EXIT_OVERRAN = 70
 SELF_DESTRUCT_MARGIN = 2.0
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """`inspect`: judge the channel URLs given as a JSON list on stdin; else serve one channel."""
+    if argv[1:] == ["inspect"]:
+        return _inspect()
+    return _serve()
+
+
+def _inspect() -> int:
+    """Write one redact.UrlInfo (as a JSON object) per URL read: `run` keeps apprise out of
+    its own memory by judging its channels here."""
+    from worker.redact import inspect_url
+
+    urls = json.loads(sys.stdin.read())
+    _write(sys.stdout, {"infos": [dataclasses.asdict(inspect_url(str(u))) for u in urls]})
+    return 0
+
+
+def _serve() -> int:
     """Serve one channel until end of input."""
     # apprise's own log lines may carry URL fragments: they go nowhere but into each
     # result's captured logs (stderr is /dev/null), and the parent redacts the reason.
@@ -137,4 +155,4 @@ def _write(out: IO[str], obj: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv))
