@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.durations import MAX_SECONDS, DurationError, format_duration, parse_duration
+from worker.durations import MAX_SECONDS, DurationError, parse_duration
+from worker.formatting import format_duration
 
 FAST = settings(max_examples=200, deadline=None)
 

@@ -1,7 +1,7 @@
 """Fault injection: one broken rule, or one broken channel, must not stop the rest.
 
 Both faults are real code raising inside the tick, not stubs of our own
-functions: the rule fault goes into worker.rules' dispatch table (the one
+functions: the rule fault goes into worker.rules' registry (the one
 place a rule's code is looked up), and the channel fault is a genuine apprise
 plugin, registered with apprise's own @notify decorator, that raises from its
 send. The tick is run in process with Deps built exactly as `check` builds
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ import pytest
 from fakes import FakeOpenRouter, WebhookReceiver, write_settings
 from sqlalchemy import text
 
-import worker.rules
 from worker import commands
+from worker.rules import REGISTRY
 from worker.tick import Deps, run_tick
 
 KEY = "sk-or-v1-isolation-CANARY-7f3a9c"
@@ -142,8 +143,8 @@ def test_a_rule_that_raises_is_logged_redacted_and_skipped(
         msg = f"division by zero while using key {KEY}"
         raise ZeroDivisionError(msg)
 
-    # Fault injection into the real dispatch table: burn_rate, listed first, raises.
-    monkeypatch.setitem(worker.rules._DISPATCH, "burn_rate", broken)
+    # Fault injection into the real registry: burn_rate, listed first, raises.
+    monkeypatch.setitem(REGISTRY, "burn_rate", replace(REGISTRY["burn_rate"], evaluate=broken))
     fake_api.set_balance(100.0, 60.0)
     first = run_tick(deps, T0)
     fake_api.set_balance(100.0, 62.0)
@@ -185,7 +186,7 @@ def test_a_rule_that_raises_leaves_its_alert_as_it_was(
     def broken(rule: object, facts: object) -> object:
         raise KeyError("boom")
 
-    monkeypatch.setitem(worker.rules._DISPATCH, "threshold", broken)
+    monkeypatch.setitem(REGISTRY, "threshold", replace(REGISTRY["threshold"], evaluate=broken))
     fake_api.set_balance(1000.0, 0.0)  # would resolve, were the rule able to say so
     report = run_tick(deps, T0 + timedelta(hours=7))  # past repeat_interval (6h) too
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.domain import Condition, FetchStreak, Reading
-from worker.rules import Facts, evaluate, hours_text, money
+from worker.formatting import hours_text, money
+from worker.rules import Facts, evaluate
 from worker.settings import BurnRateRule, FetchFailureRule, RunwayRule, ThresholdRule
 
 FAST = settings(max_examples=200, deadline=None)

@@ -7,31 +7,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
-from pathlib import Path
 from typing import NoReturn
 
 from worker import __version__
-from worker.durations import DurationError, parse_duration
+from worker.errors import EX_CONFIG, EX_USAGE, ConfigError, RuntimeProblem, UsageError
 
-EX_USAGE = 64
-EX_CONFIG = 78
-EX_FAILURE = 1
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 log = logging.getLogger("creditwatch")
-
-
-class UsageError(Exception):
-    """A command-line mistake: one line, exit 64."""
-
-
-class ConfigError(Exception):
-    """Unusable settings: one `path: message` line per problem, exit 78."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = list(problems)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         sys.stderr.write(f"creditwatch: {err}\n")
         return EX_USAGE
-    except commands.RuntimeProblem as err:
+    except RuntimeProblem as err:
         sys.stderr.write(f"creditwatch: {err}\n")
         return failure
     except KeyboardInterrupt:
@@ -101,14 +84,3 @@ def _name(args: argparse.Namespace) -> str:
     if args.command == "config":
         return "config check"
     return str(args.command)
-
-
-def settings_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
-    return Path(args.config or environ.get("CREDITWATCH_CONFIG") or "settings.toml")
-
-
-def parse_since(text: str) -> timedelta:
-    try:
-        return parse_duration(text)
-    except DurationError as err:
-        raise UsageError(f"--since: {err}") from None

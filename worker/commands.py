@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect
@@ -21,11 +21,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker import db, logs, store
-from worker.cli import EX_FAILURE, ConfigError, UsageError, parse_since, settings_path
 from worker.config_view import render_settings
 from worker.delivery import Delivered, Result, Sender, inspect_in_child
 from worker.domain import ExitCode, Reading
+from worker.durations import DurationError, parse_duration
+from worker.errors import EX_FAILURE, ConfigError, RuntimeProblem, UsageError
 from worker.forecast import burn_rate, runway_hours
+from worker.formatting import hours_text, money
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
 from worker.outbox import Config, Outbox
@@ -40,7 +42,6 @@ from worker.reports import (
     status_json,
     status_text,
 )
-from worker.rules import hours_text, money
 from worker.settings import Settings, SettingsError, parse_settings
 from worker.text import escape_controls
 from worker.tick import Deps, TickReport, run_tick, summary_line, worst_case_seconds
@@ -48,8 +49,15 @@ from worker.tick import Deps, TickReport, run_tick, summary_line, worst_case_sec
 log = logging.getLogger("creditwatch")
 
 
-class RuntimeProblem(Exception):
-    """Something outside the user's settings went wrong (database down...): one line."""
+def settings_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    return Path(args.config or environ.get("CREDITWATCH_CONFIG") or "settings.toml")
+
+
+def parse_since(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except DurationError as err:
+        raise UsageError(f"--since: {err}") from None
 
 
 @dataclass

@@ -47,16 +47,3 @@ def parse_duration(text: str) -> timedelta:
 def _in_order(units: list[str]) -> bool:
     indices = [_ORDER.index(u) for u in units]
     return indices == sorted(set(indices))
-
-
-def format_duration(value: timedelta) -> str:
-    """Render a timedelta back into the shortest "1h30m" form (seconds precision)."""
-    seconds = int(value.total_seconds())
-    if seconds <= 0:
-        return "0s"
-    out = []
-    for unit in "ydhms":  # weeks are accepted on input but "30d" reads better than "4w2d"
-        count, seconds = divmod(seconds, _UNITS[unit])
-        if count:
-            out.append(f"{count}{unit}")
-    return "".join(out)

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from worker.domain import AlertState, Reading, Reason, Severity
-from worker.durations import format_duration
-from worker.rules import hours_text, money
+from worker.formatting import format_duration, hours_text, iso, money
 
 # apprise's NotifyType values, spelled out so the core never imports apprise.
 NOTIFY_TYPES = {
@@ -85,7 +84,3 @@ def idempotency_key(state: AlertState, reason: Reason) -> str:
     """Stable per transition, so a receiver can spot the rare duplicate after a crash."""
     suffix = f"repeat-{state.repeats}" if reason is Reason.REPEAT else reason.value
     return f"{state.rule}#{state.period}/{suffix}"
-
-
-def iso(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,9 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.domain import Reading
-from worker.durations import format_duration
-from worker.messages import iso
-from worker.rules import hours_text, money
+from worker.formatting import format_duration, hours_text, iso, money
 from worker.sendpolicy import Backlog
 
 

@@ -7,27 +7,24 @@ its own, and reports every problem as one `path: message` line.
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Union
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from worker.domain import Severity
-from worker.durations import DurationError, format_duration, parse_duration
+from worker.rules import (
+    REGISTRY,
+    BurnRateRule,
+    FetchFailureRule,
+    RunwayRule,
+    ThresholdRule,
+    history_span,
+)
+from worker.settings_base import Duration, Model, RuleBase, check_name
 from worker.settings_checks import (
     ENV_NAME,
     TOO_DEEP,
@@ -44,42 +41,12 @@ from worker.settings_checks import (
 )
 
 DEFAULT_FETCH_RULE = "fetch-failing"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The rule models, re-exported: settings are where a caller looks for them.
+__all__ = ["DEFAULT_FETCH_RULE", "BurnRateRule", "FetchFailureRule", "Rule", "RunwayRule", "Settings",
+           "SettingsError", "ThresholdRule", "parse_settings"]
 
 
-def _duration(value: object) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if not isinstance(value, str):
-        msg = 'expected a duration string such as "30s", "5m" or "1h30m"'
-        raise ValueError(msg)
-    try:
-        return parse_duration(value)
-    except DurationError as err:
-        raise ValueError(err.reason) from None
-
-
-Duration = Annotated[
-    timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
-]
-
-
-def _strict_number(value: object) -> object:
-    # TOML booleans are not amounts, though Python treats True as 1.
-    if isinstance(value, bool):
-        msg = "expected a number, not a boolean"
-        raise ValueError(msg)
-    return value
-
-
-Amount = Annotated[float, BeforeValidator(_strict_number), Field(ge=0, le=1e12)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-
-class OpenRouter(_Model):
+class OpenRouter(Model):
     base_url: str = "https://openrouter.ai/api/v1"
     api_key_env: str = "OPENROUTER_API_KEY"
     timeout: Duration = timedelta(seconds=10)
@@ -149,11 +116,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class Schedule(_Model):
+class Schedule(Model):
     interval: Duration = timedelta(minutes=5)
 
 
-class Database(_Model):
+class Database(Model):
     url: SecretStr = SecretStr("sqlite:///creditwatch.db")
     keep_raw: Duration = timedelta(days=30)
     keep_rollups: Duration = timedelta(days=730)
@@ -184,7 +151,7 @@ class Database(_Model):
         return self
 
 
-class Alerts(_Model):
+class Alerts(Model):
     repeat_interval: Duration = timedelta(hours=6)
     send_resolved: Annotated[bool, Field(strict=True)] = True
     # One send, wall clock; a send past it is abandoned for good (its child process is killed).
@@ -201,18 +168,18 @@ class Alerts(_Model):
         return value
 
 
-class Forecast(_Model):
+class Forecast(Model):
     window: Duration = timedelta(hours=6)
 
 
-class Channel(_Model):
+class Channel(Model):
     name: str
     url: SecretStr
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _check_name(value)
+        return check_name(value)
 
     @field_validator("url")
     @classmethod
@@ -223,89 +190,14 @@ class Channel(_Model):
         return value
 
 
-def _check_name(value: str) -> str:
-    if not _NAME.match(value):
-        msg = "must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
-        raise ValueError(msg)
-    return value
+if TYPE_CHECKING:
+    Rule = RuleBase
+else:
+    # The discriminated union of every registered rule type's model.
+    Rule = Annotated[Union[tuple(t.model for t in REGISTRY.values())], Field(discriminator="type")]  # noqa: UP007
 
 
-class _Rule(_Model):
-    # No populate_by_name: it would accept `for_` in the file as a silent alias of `for`.
-    name: str
-    severity: Severity = Severity.WARNING
-    channels: tuple[str, ...] | None = None
-    for_: Duration | None = Field(default=None, alias="for")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _check_name(value)
-
-    @field_validator("channels")
-    @classmethod
-    def _some_channel(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None and not value:
-            msg = "must name at least one channel (leave it out to notify every channel)"
-            raise ValueError(msg)
-        return value
-
-    @property
-    def pending_for(self) -> timedelta:
-        return self.for_ or timedelta(0)
-
-
-class ThresholdRule(_Rule):
-    type: Literal["threshold"]
-    below: Amount | None = None
-    below_percent: Annotated[float, BeforeValidator(_strict_number), Field(gt=0, le=100)] | None = (
-        None
-    )
-    clear_above: Amount | None = None
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> ThresholdRule:
-        if (self.below is None) == (self.below_percent is None):
-            msg = "give exactly one of below (USD) or below_percent"
-            raise ValueError(msg)
-        if self.clear_above is not None and self.below is not None and self.clear_above < self.below:
-            msg = "clear_above must be at least below"
-            raise ValueError(msg)
-        return self
-
-
-class BurnRateRule(_Rule):
-    type: Literal["burn_rate"]
-    window: Duration
-    short_window: Duration | None = None
-    above: Annotated[float, BeforeValidator(_strict_number), Field(gt=0, le=1e12)]
-
-    @model_validator(mode="after")
-    def _short_is_shorter(self) -> BurnRateRule:
-        if self.short_window is not None and self.short_window >= self.window:
-            msg = "short_window must be shorter than window"
-            raise ValueError(msg)
-        return self
-
-
-class RunwayRule(_Rule):
-    type: Literal["runway"]
-    window: Duration
-    below: Duration
-
-
-class FetchFailureRule(_Rule):
-    type: Literal["fetch_failure"]
-    severity: Severity = Severity.WARNING
-    consecutive: Annotated[int, BeforeValidator(_strict_number), Field(strict=True, ge=1, le=10_000)] = 3
-
-
-Rule = Annotated[
-    ThresholdRule | BurnRateRule | RunwayRule | FetchFailureRule, Field(discriminator="type")
-]
-
-
-class Settings(_Model):
+class Settings(Model):
     openrouter: OpenRouter = OpenRouter()
     schedule: Schedule = Schedule()
     database: Database = Database()
@@ -314,7 +206,7 @@ class Settings(_Model):
     channels: tuple[Channel, ...] = ()
     rules: tuple[Rule, ...] = ()
 
-    def channels_for(self, rule: _Rule) -> tuple[str, ...]:
+    def channels_for(self, rule: RuleBase) -> tuple[str, ...]:
         """The channels a rule notifies: its own list, or every channel."""
         if rule.channels is None:
             return tuple(c.name for c in self.channels)
@@ -326,9 +218,7 @@ class Settings(_Model):
     @property
     def history_span(self) -> timedelta:
         """How far back any rule or the status forecast looks."""
-        spans = [self.forecast.window]
-        spans += [r.window for r in self.rules if isinstance(r, BurnRateRule | RunwayRule)]
-        return max(spans)
+        return history_span(self.rules, self.forecast.window)
 
 
 def parse_settings(text: str, environ: Mapping[str, str]) -> Settings:

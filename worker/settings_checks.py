@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-RULE_TYPES = ("threshold", "burn_rate", "runway", "fetch_failure")
+from worker.rules import RULE_TYPES
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR = re.compile(r"\$\{([^}]*)\}|\$\$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

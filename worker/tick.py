@@ -25,13 +25,14 @@ from worker.domain import (
     Severity,
 )
 from worker.forecast import burn_rate, runway_hours
+from worker.formatting import money
 from worker.lifecycle import Policy, notifies, step
 from worker.messages import Context, render
 from worker.openrouter import Endpoint, fetch_credits
 from worker.outbox import Counts, Outbox
 from worker.redact import Redactor
 from worker.retention import Pruned, prune
-from worker.rules import Facts, evaluate, money
+from worker.rules import Facts, evaluate
 from worker.settings import Rule, Settings
 from worker.verdict import exit_code
 

@@ -1,0 +1,40 @@
+"""The rule types: each is one module (its settings model, its condition, the history it
+needs); this registry is the one list of them. The settings' `Rule` union, the accepted
+`type` names, dispatch and how far back the history reaches all derive from it.
+
+Adding a rule type: a module beside these with a `TYPE = RuleType(...)`, one line below,
+its tests, and its section in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from worker.domain import Evaluation
+from worker.rules import burn_rate, fetch_failure, runway, threshold
+from worker.rules.base import Facts, RuleType
+from worker.rules.burn_rate import BurnRateRule
+from worker.rules.fetch_failure import FetchFailureRule
+from worker.rules.runway import RunwayRule
+from worker.rules.threshold import ThresholdRule
+from worker.settings_base import RuleBase
+
+REGISTRY: dict[str, RuleType[Any]] = {
+    t.name: t for t in (threshold.TYPE, burn_rate.TYPE, runway.TYPE, fetch_failure.TYPE)
+}
+RULE_TYPES = tuple(REGISTRY)
+
+__all__ = ["REGISTRY", "RULE_TYPES", "BurnRateRule", "Facts", "FetchFailureRule", "RuleType",
+           "RunwayRule", "ThresholdRule", "evaluate", "history_span"]
+
+
+def evaluate(rule: RuleBase, facts: Facts) -> Evaluation:
+    """The rule's condition over the facts, by its type."""
+    return REGISTRY[rule.type].evaluate(rule, facts)
+
+
+def history_span(rules: Iterable[RuleBase], floor: timedelta) -> timedelta:
+    """How far back any of `rules` looks, and at least `floor` (the status forecast's window)."""
+    return max([floor, *(REGISTRY[r.type].history(r) for r in rules)])
