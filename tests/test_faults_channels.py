@@ -1,6 +1,6 @@
 """Fault injection: one channel down for an hour, or hanging, while another stays healthy.
 
-In-process, on the real tick: Deps wired by `commands._tick_deps` (the same wiring
+In-process, on the real tick: Deps wired by `worker.app.build` (the same wiring
 `run` and `check` use), the fake API and two webhook receivers over loopback, and
 `run_tick` called with `now` advancing one interval (1 minute) per tick, so an
 hour is 60 ticks without sleeping.
@@ -23,11 +23,12 @@ from fakes import FakeOpenRouter, WebhookReceiver, write_settings
 from sqlalchemy import select
 
 from worker import db, store
-from worker.commands import Loaded, _tick_deps
+from worker.app import build
 from worker.redact import Redactor
 from worker.settings import parse_settings
+from worker.snapshot import TickReport
 from worker.tables import OutboxRow
-from worker.tick import Deps, TickReport, run_tick
+from worker.tick import Deps, run_tick
 
 KEY = "sk-or-v1-faults-channels-0001"
 ENV = {"OPENROUTER_API_KEY": KEY}
@@ -81,7 +82,7 @@ def deps(tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
     settings = parse_settings(text.replace("\n        ", "\n"), ENV)
     engine = db.make_engine(settings.database.url.get_secret_value())
     db.upgrade(engine)
-    yield _tick_deps(Loaded(settings, Redactor([KEY]), engine), ENV)
+    yield build(settings, ENV, redact=Redactor([KEY]), engine=engine).deps
     engine.dispose()
 
 

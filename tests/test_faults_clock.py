@@ -1,8 +1,8 @@
 """Fault injection: the wall clock jumps between ticks.
 
 The machine's real clock cannot be stepped here, so the tick tests run in
-process: they build Deps exactly as `run` and `check` do (commands.load and
-commands._tick_deps) and call run_tick with the `now` the shell would have
+process: they build Deps exactly as `run` and `check` do (commands.load, which
+builds with worker.app) and call run_tick with the `now` the shell would have
 read, against the loopback fake API and a real webhook receiver. The
 scheduler tests drive worker.service._Scheduler with a stepped wall clock.
 """
@@ -30,8 +30,10 @@ from sqlalchemy import text
 
 import worker.service
 from worker import commands, reports, store
+from worker.app import App
 from worker.sendpolicy import lease
-from worker.tick import Deps, TickReport, run_tick
+from worker.snapshot import TickReport
+from worker.tick import Deps, run_tick
 
 KEY = "sk-or-v1-faults-clock-0004"
 ENV = {"OPENROUTER_API_KEY": KEY}
@@ -98,12 +100,12 @@ def settings_file(tmp_path: Path, api: FakeOpenRouter, db_url: str, hook: str) -
     """))
 
 
-def load_in_process(config: Path, environ: Mapping[str, str]) -> tuple[commands.Loaded, Deps]:
+def load_in_process(config: Path, environ: Mapping[str, str]) -> tuple[App, Deps]:
     """Settings, engine and Deps exactly as `check` and `run` build them, migrated."""
     args = argparse.Namespace(config=str(config), log_level="INFO")
     loaded = commands.load(args, environ, need_key=True)
-    commands.migrate(loaded)
-    deps: Deps = commands._tick_deps(loaded, environ)
+    loaded.migrate()
+    deps: Deps = loaded.deps
     return loaded, deps
 
 
@@ -134,7 +136,7 @@ def _sent(message: dict[str, object], tick: int, now: datetime) -> Sent:
 class Scenario:
     """Ticks at chosen wall-clock times; checks every report and status as it goes."""
 
-    loaded: commands.Loaded
+    loaded: App
     deps: Deps
     api: FakeOpenRouter
     hook: WebhookReceiver
@@ -162,8 +164,8 @@ class Scenario:
         return [self.tick(start + i * STEP, **kwargs) for i in range(count)]
 
     def _check_status(self, now: datetime) -> None:
-        view = commands.status_view(self.loaded, now)
-        _assert_sane_forecast(view.burn_per_hour, view.runway_hours, f"status at {now}")
+        view = self.loaded.snapshot(now)
+        _assert_sane_forecast(view.figures.burn_per_hour, view.figures.runway_hours, f"status at {now}")
         doc = json.loads(reports.status_json(view))
         _assert_sane_forecast(doc["burn_rate_per_hour"], doc["runway_hours"], f"status --json at {now}")
         shown = reports.status_text(view)

@@ -24,6 +24,7 @@ from fakes import FakeOpenRouter, WebhookReceiver, write_settings
 from sqlalchemy import text
 
 from worker import commands
+from worker.app import App
 from worker.rules import REGISTRY
 from worker.tick import Deps, run_tick
 
@@ -109,18 +110,18 @@ def settings_file(tmp_path: Path, api: FakeOpenRouter, channels: Mapping[str, st
         """))
 
 
-def load_in_process(config: Path, log_level: str) -> tuple[commands.Loaded, Deps]:
+def load_in_process(config: Path, log_level: str) -> tuple[App, Deps]:
     """Settings, log setup, engine and Deps exactly as `check` builds them, migrated."""
     args = argparse.Namespace(config=str(config), log_level=log_level)
     loaded = commands.load(args, ENV, need_key=True)
-    commands.migrate(loaded)
-    deps: Deps = commands._tick_deps(loaded, ENV)
+    loaded.migrate()
+    deps: Deps = loaded.deps
     return loaded, deps
 
 
 @pytest.fixture
-def built(restore_logging: None) -> Iterator[list[tuple[commands.Loaded, Deps]]]:
-    made: list[tuple[commands.Loaded, Deps]] = []
+def built(restore_logging: None) -> Iterator[list[tuple[App, Deps]]]:
+    made: list[tuple[App, Deps]] = []
     yield made
     for loaded, deps in made:
         deps.http.close()
@@ -134,7 +135,7 @@ def rules_in(messages: list[dict[str, Any]]) -> list[str]:
 def test_a_rule_that_raises_is_logged_redacted_and_skipped(
         tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        built: list[tuple[commands.Loaded, Deps]]) -> None:
+        built: list[tuple[App, Deps]]) -> None:
     config = settings_file(tmp_path, fake_api, {"hook": webhook.apprise_url()})
     built.append(load_in_process(config, "INFO"))
     _, deps = built[-1]
@@ -175,7 +176,7 @@ def test_a_rule_that_raises_is_logged_redacted_and_skipped(
 
 def test_a_rule_that_raises_leaves_its_alert_as_it_was(
         tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
-        monkeypatch: pytest.MonkeyPatch, built: list[tuple[commands.Loaded, Deps]]) -> None:
+        monkeypatch: pytest.MonkeyPatch, built: list[tuple[App, Deps]]) -> None:
     """A firing alert whose rule starts raising neither resolves nor repeats."""
     config = settings_file(tmp_path, fake_api, {"hook": webhook.apprise_url()})
     built.append(load_in_process(config, "WARNING"))
@@ -196,7 +197,7 @@ def test_a_rule_that_raises_leaves_its_alert_as_it_was(
 
 def test_a_channel_that_raises_keeps_its_message_and_the_others_are_delivered(
         tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
-        capsys: pytest.CaptureFixture[str], built: list[tuple[commands.Loaded, Deps]],
+        capsys: pytest.CaptureFixture[str], built: list[tuple[App, Deps]],
         boom_calls: Path) -> None:
     boom_url = f"cwboom://ops:{BOOM_TOKEN}@x/"
     config = settings_file(tmp_path, fake_api, {"boom": boom_url, "hook": webhook.apprise_url()})
@@ -232,7 +233,7 @@ def test_a_channel_that_raises_keeps_its_message_and_the_others_are_delivered(
 
 def test_a_channel_that_raises_does_not_hold_back_a_resolution_elsewhere(
         tmp_path: Path, fake_api: FakeOpenRouter, webhook: WebhookReceiver,
-        built: list[tuple[commands.Loaded, Deps]], boom_calls: Path) -> None:
+        built: list[tuple[App, Deps]], boom_calls: Path) -> None:
     config = settings_file(tmp_path, fake_api,
                            {"boom": f"cwboom://ops:{BOOM_TOKEN}@x/", "hook": webhook.apprise_url()})
     built.append(load_in_process(config, "WARNING"))
@@ -248,7 +249,7 @@ def test_a_channel_that_raises_does_not_hold_back_a_resolution_elsewhere(
                               ("hook", "delivered", 1), ("hook", "delivered", 1)]
 
 
-def outbox(loaded: commands.Loaded) -> list[tuple[str, str, int]]:
+def outbox(loaded: App) -> list[tuple[str, str, int]]:
     with loaded.engine.connect() as conn:
         rows = conn.execute(text("SELECT channel, status, attempts FROM outbox ORDER BY channel, id"))
         return [(str(c), str(s), int(a)) for c, s, a in rows]

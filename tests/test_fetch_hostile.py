@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 
 from worker.decoding import Refused, decoder_for
 from worker.domain import FetchKind, FetchOutcome
-from worker.openrouter import MAX_BODY, Endpoint, fetch_credits, new_session
+from worker.apihttp import MAX_BODY
+from worker.openrouter import Endpoint, fetch_credits, new_session
 from worker.text import escape_controls
 
 KEY = "sk-or-v1-hostile-fetch-0123456789abcdef"

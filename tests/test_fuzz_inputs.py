@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from worker import commands
-from worker.openrouter import MAX_BODY
+from worker.apihttp import MAX_BODY
+from worker.app import App
 from worker.settings import SettingsError, parse_settings
 from worker.tick import Deps, run_tick
 
@@ -397,7 +398,7 @@ def test_a_key_with_a_newline_stays_on_one_line() -> None:
 
 @dataclass
 class TickBed:
-    loaded: commands.Loaded
+    loaded: App
     deps: Deps
     api: FakeOpenRouter
     now: datetime = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -441,8 +442,8 @@ def bed(tmp_path: Path, fake_api: FakeOpenRouter, restore_logging: None,
     args = argparse.Namespace(config=str(config), log_level="ERROR")
     env = {"OPENROUTER_API_KEY": KEY}
     loaded = commands.load(args, env, need_key=True)
-    commands.migrate(loaded)
-    made = TickBed(loaded, commands._tick_deps(loaded, env), fake_api)
+    loaded.migrate()
+    made = TickBed(loaded, loaded.deps, fake_api)
     yield made
     record_property("fuzzed_api_bodies", made.fuzzed)
     made.deps.http.close()

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from worker.domain import AlertState, Condition, Evaluation, Reading, Reason, Severity, Status
 from worker.lifecycle import Policy, step
-from worker.messages import Context, render
+from worker.domain import Figures as Context
+from worker.messages import render
 
 FAST = settings(max_examples=200, deadline=None)
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ from fakes import FakeOpenRouter
 from sqlalchemy import Engine, event
 
 from worker import db
-from worker.commands import Loaded, _tick_deps
+from worker.app import build
 from worker.redact import Redactor
 from worker.settings import parse_settings
 from worker.tick import Deps, run_tick
@@ -106,7 +106,7 @@ def make_deps(tmp_path: Path, fake_api: FakeOpenRouter) -> Iterator[Any]:
         _seed(engine, history)
         engine.dispose()  # new connections get the counter
         counter = StepCounter(engine)
-        deps = _tick_deps(Loaded(settings, Redactor([KEY]), engine), {"OPENROUTER_API_KEY": KEY})
+        deps = build(settings, {"OPENROUTER_API_KEY": KEY}, redact=Redactor([KEY]), engine=engine).deps
         return deps, counter
 
     yield make
@@ -138,9 +138,9 @@ def test_retention_with_nothing_to_prune_examines_as_many_rows(
     for history in (1_000, 30_000):
         deps, counter = make_deps(history)
         run_tick(deps, NOW)
-        deps.retained_at = None  # force the hourly retention pass into the next tick
+        deps.retention.last_run = None  # force the hourly retention pass into the next tick
         run_tick(deps, NOW + STEP)
-        deps.retained_at = None
+        deps.retention.last_run = None
         counter.steps = 0
         run_tick(deps, NOW + 2 * STEP)
         costs.append(counter.steps)

@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 import worker.service
 from worker import commands, db, logs, store
+from worker.app import App, build
 from worker.delivery import Failed, Sender
 from worker.domain import FetchKind, FetchOutcome
 from worker.redact import Redactor
@@ -313,7 +314,7 @@ def test_control_a_deferred_read_then_write_fails_under_a_concurrent_writer(
     try:
         with store.sessions(reader_engine)() as reader:
             reader.begin()
-            store.last_attempt(reader)  # read: the transaction now holds a snapshot
+            store.last_fetch(reader)  # read: the transaction now holds a snapshot
             with store.tick_transaction(store.sessions(writer_engine)) as writer:
                 store.record_fetch(writer, T0, OK)  # another process writes and commits
             store.record_fetch(reader, T0 + timedelta(minutes=1), OK)
@@ -343,7 +344,7 @@ def test_begin_immediate_makes_the_same_interleaving_wait_instead(migrated_sqlit
     thread.start()
     try:
         with store.tick_transaction(store.sessions(reader_engine)) as reader:
-            store.last_attempt(reader)
+            store.last_fetch(reader)
             read_done.set()
             time.sleep(0.3)  # the writer is blocked on BEGIN IMMEDIATE meanwhile
             store.record_fetch(reader, T0 + timedelta(minutes=1), OK)
@@ -379,13 +380,14 @@ def tick_together(tmp_path: Path, db_url: str, api: FakeOpenRouter, hook: Webhoo
         """))
     env = {"OPENROUTER_API_KEY": KEY}
     api.set_balance(100.0, 60.0)  # low fires at the first tick
-    replicas: list[tuple[commands.Loaded, Deps]] = []
+    replicas: list[tuple[App, Deps]] = []
     for _ in range(2):
         args = argparse.Namespace(config=str(config), log_level="CRITICAL")
         checked = commands.load(args, env, need_key=True)
-        loaded = commands.Loaded(checked.settings, checked.redact, engine(db_url))
-        commands.migrate(loaded)
-        replicas.append((loaded, commands._tick_deps(loaded, env)))
+        checked.close()
+        loaded = build(checked.settings, env, redact=checked.redact, engine=engine(db_url), need_key=True)
+        loaded.migrate()
+        replicas.append((loaded, loaded.deps))
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 

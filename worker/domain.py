@@ -38,6 +38,15 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Figures:
+    """The balance and its forecast: what every message and output carries where known."""
+
+    latest: Reading | None
+    burn_per_hour: float | None
+    runway_hours: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class FetchOutcome:
     """The result of one fetch, success or a classified failure; never raises."""
 
@@ -46,6 +55,19 @@ class FetchOutcome:
     total_usage: float | None = None
     message: str = ""
     attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is FetchKind.OK
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    """A stored fetch attempt: when, how it went, and why not (a message safe to show)."""
+
+    at: datetime
+    kind: FetchKind
+    message: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -6,20 +6,21 @@ import itertools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from worker.domain import CLOCK_STEP, Reading
+from worker.domain import Reading
 
 
 def burn_rate(readings: Sequence[Reading], now: datetime, window: timedelta) -> float | None:
     """USD spent per hour over `window` before `now`: least-squares slope of total_usage.
 
-    `readings` come in the order they were stored. Only total_usage counts, so a
-    top-up or refund (total_credits moving) is never negative or hidden burn; a
-    drop in total_usage adds nothing, so the rate is never negative. Readings from
-    before a backward step of the wall clock are left out: on the old time base
-    they would interleave with the new ones and count the same spend twice.
-    Fewer than two readings is unknown.
+    `readings` are one timeline's (the store keeps readings from before a backward step
+    of the wall clock apart: on the old time base they would interleave with the new
+    ones and count the same spend twice); small disorder, such as replicas whose clocks
+    differ by seconds, is sorted out here. Only total_usage counts, so a top-up or
+    refund (total_credits moving) is never negative or hidden burn; a drop in
+    total_usage adds nothing, so the rate is never negative. Fewer than two readings
+    is unknown.
     """
-    inside = [r for r in current_timeline(readings) if now - window <= r.fetched_at <= now]
+    inside = sorted((r for r in readings if now - window <= r.fetched_at <= now), key=lambda r: r.fetched_at)
     if len(inside) < 2:
         return None
     start = inside[0].fetched_at
@@ -27,21 +28,6 @@ def burn_rate(readings: Sequence[Reading], now: datetime, window: timedelta) -> 
     if xs[-1] - xs[0] <= 0:
         return None
     return _slope(xs, _monotone_usage(inside))
-
-
-def current_timeline(readings: Sequence[Reading]) -> list[Reading]:
-    """The readings stored since the wall clock last stepped backwards, in time order.
-
-    Smaller disorder (replicas whose clocks differ by seconds) is only sorted out.
-    """
-    start = 0
-    latest = readings[0].fetched_at if readings else None
-    for i, r in enumerate(readings):
-        assert latest is not None
-        if r.fetched_at < latest - CLOCK_STEP:
-            start, latest = i, r.fetched_at
-        latest = max(latest, r.fetched_at)
-    return sorted(readings[start:], key=lambda r: r.fetched_at)
 
 
 def _monotone_usage(readings: Sequence[Reading]) -> list[float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from worker.domain import AlertState, Reading, Reason, Severity
-from worker.formatting import format_duration, hours_text, iso, money
+from worker.domain import AlertState, Figures, Reason, Severity
+from worker.formatting import format_duration, hours_text, iso, money, rate
 
 # apprise's NotifyType values, spelled out so the core never imports apprise.
 NOTIFY_TYPES = {
@@ -18,15 +18,6 @@ RESOLVED_TYPE = "success"
 
 
 @dataclass(frozen=True, slots=True)
-class Context:
-    """The balance and forecast that every message carries where known."""
-
-    latest: Reading | None
-    burn_per_hour: float | None
-    runway_hours: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class Rendered:
     title: str
     body: str
@@ -35,7 +26,7 @@ class Rendered:
 
 
 def render(
-    state: AlertState, reason: Reason, severity: Severity, ctx: Context, now: datetime
+    state: AlertState, reason: Reason, severity: Severity, ctx: Figures, now: datetime
 ) -> Rendered:
     """The notification for `reason` on `state` (which is the state after the step)."""
     key = idempotency_key(state, reason)
@@ -52,7 +43,7 @@ def render(
     return Rendered(title, _body(head, ctx, key), NOTIFY_TYPES[severity], key)
 
 
-def _body(head: str, ctx: Context, key: str) -> str:
+def _body(head: str, ctx: Figures, key: str) -> str:
     lines = [head, balance_line(ctx)]
     forecast = forecast_line(ctx)
     if forecast:
@@ -61,7 +52,7 @@ def _body(head: str, ctx: Context, key: str) -> str:
     return "\n".join(lines)
 
 
-def balance_line(ctx: Context) -> str:
+def balance_line(ctx: Figures) -> str:
     r = ctx.latest
     if r is None:
         return "No balance has been read yet."
@@ -71,10 +62,10 @@ def balance_line(ctx: Context) -> str:
     )
 
 
-def forecast_line(ctx: Context) -> str:
+def forecast_line(ctx: Figures) -> str:
     if ctx.burn_per_hour is None:
         return ""
-    text = f"Burning ${ctx.burn_per_hour:,.2f}/h"
+    text = f"Burning {rate(ctx.burn_per_hour)}"
     if ctx.runway_hours is not None:
         text += f", about {hours_text(ctx.runway_hours)} left"
     return text + "."

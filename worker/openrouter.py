@@ -1,78 +1,25 @@
-"""The OpenRouter credits call: one GET, bounded by a wall-clock deadline, classified.
+"""The OpenRouter endpoints creditwatch reads, each a path and a parser over worker.apihttp.
 
-`fetch_credits` never raises: every failure comes back as a FetchOutcome whose
-message is safe to log and store (no key, no response body, controls escaped).
-The deadline holds in every phase (connect, TLS, status line, headers, body)
-through worker.httpwatch, for sessions made by `new_session`; each attempt's
-connection ends with it (ticks are minutes apart, so there is nothing to reuse).
+`fetch_credits` never raises: every failure comes back as a FetchOutcome whose message is
+safe to log and store (see worker.apihttp.get_json).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
-from worker.decoding import Decoder, Refused, decoder_for
+from worker.apihttp import Endpoint, Fetched, get_json, new_session
 from worker.domain import FetchKind, FetchOutcome
-from worker.httpwatch import Watch, WatchedAdapter, watching
-from worker.text import escape_controls
 
-MAX_BODY = 64 * 1024  # decoded bytes
+__all__ = ["MAX_AMOUNT", "Endpoint", "fetch_credits", "new_session", "parse_credits"]
+
 MAX_AMOUNT = 1e12  # USD, more than any account holds: a larger figure is a broken answer
-MAX_RETRIES = 2
-BACKOFF = (0.5, 1.0)
-CHUNK = 16 * 1024
-USER_AGENT = "creditwatch/0.1.0"
-ACCEPT_ENCODING = "gzip, deflate"
-AUTH_MESSAGE = (
-    "HTTP {status}: OpenRouter refused the key; it is invalid or is not a management key "
-    "(create one under Settings > Provisioning/Management keys)"
-)
-KEY_MESSAGE = "the API key holds a character that is not printable ASCII, so it cannot be sent; check the key"
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    base_url: str
-    api_key: str
-    timeout: float
-
-    @property
-    def url(self) -> str:
-        return f"{self.base_url}/credits"
-
-
-class _Deadline(Exception):
-    """The wall-clock budget of the fetch ran out while reading."""
-
-
-class _NoRedirectSession(requests.Session):
-    """Never follows a redirect, and never reads a 3xx body outside our deadline.
-
-    `allow_redirects=False` alone is not enough: requests still runs its redirect
-    machinery inside send(), which reads the whole 3xx body (no deadline, no cap).
-    """
-
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        return None
-
-
-def new_session() -> requests.Session:
-    """A session that ignores netrc and proxy variables, so the key goes only where configured,
-    and whose sockets fetch_credits can end at its deadline (other sessions lack that)."""
-    session = _NoRedirectSession()
-    session.trust_env = False
-    adapter = WatchedAdapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+CREDITS_PATH = "/credits"
 
 
 def fetch_credits(
@@ -82,153 +29,36 @@ def fetch_credits(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FetchOutcome:
-    """GET {base_url}/credits within `timeout` in all, retrying transient failures twice."""
-    key = endpoint.api_key
-    if not (key.isascii() and key.isprintable()):
-        # http.client would raise UnicodeEncodeError for it, or send it as latin-1 bytes.
-        return FetchOutcome(FetchKind.AUTH, message=KEY_MESSAGE)
-    try:
-        with watching(clock() + endpoint.timeout, clock) as watch:
-            outcome, attempts = _attempts(session, endpoint, watch, sleep)
-    except Exception as err:  # noqa: BLE001 - the contract is "never raises"; say what it was
-        outcome, attempts = _transient(f"the fetch failed unexpectedly ({type(err).__name__})"), 1
-    return _finish(outcome, attempts, key)
+    """GET {base_url}/credits: the balance, or a classified failure."""
+    fetched = get_json(session, endpoint, CREDITS_PATH, clock=clock, sleep=sleep)
+    return _outcome(fetched)
 
 
-def _attempts(session: requests.Session, endpoint: Endpoint, watch: Watch,
-              sleep: Callable[[float], None]) -> tuple[FetchOutcome, int]:
-    attempts = 0
-    while True:
-        attempts += 1
-        outcome, retry_after = _attempt(session, endpoint, watch)
-        if outcome.kind is not FetchKind.TRANSIENT or attempts > MAX_RETRIES:
-            return outcome, attempts
-        wait = retry_after if retry_after is not None else BACKOFF[attempts - 1]
-        # urllib3 would honour Retry-After for hours; we honour it only inside the budget.
-        if watch.clock() + wait >= watch.deadline - 0.05:
-            return outcome, attempts
-        sleep(wait)
+def _outcome(fetched: Fetched) -> FetchOutcome:
+    if not fetched.ok:
+        return FetchOutcome(fetched.kind, message=fetched.message, attempts=fetched.attempts)
+    parsed = parse_credits(fetched.document)
+    if isinstance(parsed, str):
+        return FetchOutcome(FetchKind.BAD_RESPONSE, message=parsed, attempts=fetched.attempts)
+    credits, usage = parsed
+    return FetchOutcome(FetchKind.OK, credits, usage, attempts=fetched.attempts)
 
 
-def _finish(outcome: FetchOutcome, attempts: int, key: str) -> FetchOutcome:
-    # Messages quote our own words and a few response headers: mask the key in case a
-    # server echoes it into one, and escape controls so a header cannot rewrite the
-    # terminal, split a log line or reorder text (the one exit, so every path is covered).
-    message = outcome.message.replace(key, "***") if key else outcome.message
-    message = escape_controls(message)
-    return FetchOutcome(outcome.kind, outcome.total_credits, outcome.total_usage, message, attempts)
-
-
-def _attempt(
-    session: requests.Session, endpoint: Endpoint, watch: Watch
-) -> tuple[FetchOutcome, float | None]:
-    timed_out = _transient(f"timed out after {endpoint.timeout:g}s")
-    try:
-        left = watch.left()
-    except TimeoutError:
-        return timed_out, None
-    headers = {
-        "Authorization": f"Bearer {endpoint.api_key}",
-        "Accept": "application/json",
-        "Accept-Encoding": ACCEPT_ENCODING,
-        "User-Agent": USER_AGENT,
-    }
-    try:
-        response = session.get(
-            endpoint.url, headers=headers, timeout=(left, left), stream=True, allow_redirects=False
-        )
-        with response:
-            return _classify(response, watch, endpoint.timeout)
-    except requests.RequestException as err:
-        if watch.expired or isinstance(err, requests.Timeout):
-            return timed_out, None
-        if isinstance(err, requests.ConnectionError):
-            return _transient("could not connect to the API"), None
-        return _transient(f"request failed ({type(err).__name__})"), None
-    finally:
-        watch.release()  # the attempt's connection ends with it, whatever happened
-
-
-def _classify(
-    response: requests.Response, watch: Watch, timeout: float
-) -> tuple[FetchOutcome, float | None]:
-    status = response.status_code
-    if status in (401, 403):
-        return FetchOutcome(FetchKind.AUTH, message=AUTH_MESSAGE.format(status=status)), None
-    if status == 429 or status >= 500:
-        return _transient(f"HTTP {status} from the API"), _retry_after(response)
-    if 300 <= status < 400:
-        return _bad(f"HTTP {status}: the API redirected; redirects are not followed"), None
-    if not 200 <= status < 300:
-        return _bad(f"HTTP {status} from the API (is base_url right?)"), None
-    decoder = decoder_for(response.headers.get("Content-Encoding", ""), MAX_BODY)
-    if isinstance(decoder, str):
-        return _bad(decoder), None
-    try:
-        body = _read_body(response.raw, decoder, watch)
-    except _Deadline:
-        return _transient(f"timed out after {timeout:g}s while reading the body"), None
-    except Refused as err:
-        return _bad(str(err)), None
-    return _parse(body, response.headers.get("Content-Type", "")), None
-
-
-def _read_body(raw: Any, decoder: Decoder, watch: Watch) -> bytes:
-    """Read and decode the body against the deadline (the watch ends a read blocked past it)."""
-    while True:
-        try:
-            chunk = raw.read1(CHUNK, decode_content=False)  # we decode, bounded, ourselves
-        except Exception as err:  # noqa: BLE001 - urllib3 wraps socket errors in many types of its own
-            if watch.passed():
-                raise _Deadline from None
-            raise requests.ConnectionError(type(err).__name__) from None
-        if watch.passed():
-            raise _Deadline
-        if not chunk:
-            return decoder.finish()
-        decoder.feed(chunk)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _parse(body: bytes, content_type: str) -> FetchOutcome:
-    if "json" not in content_type.lower():
-        shown = content_type.split(";")[0].strip()[:60] or "no content type"
-        return _bad(f"expected JSON, got {shown} (a captive portal or proxy page?)")
-    try:
-        document = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return _bad("the body is not valid JSON")
+def parse_credits(document: Any) -> tuple[float, float] | str:
+    """(total_credits, total_usage) from `{"data": {...}}`, or a sentence saying what is wrong."""
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, dict):
-        return _bad('the body has no "data" object')
-    values = [_amount(data, name) for name in ("total_credits", "total_usage")]
+        return 'the body has no "data" object'
+    values = [amount(data, name) for name in ("total_credits", "total_usage")]
     errors = [v for v in values if isinstance(v, str)]
     if errors:
-        return _bad(errors[0])
+        return errors[0]
     credits, usage = values
     assert isinstance(credits, float) and isinstance(usage, float)
-    return FetchOutcome(FetchKind.OK, total_credits=credits, total_usage=usage)
+    return credits, usage
 
 
-def _reject_constant(name: str) -> float:
-    msg = f"non-finite constant {name}"
-    raise ValueError(msg)
-
-
-def _amount(data: dict[str, Any], name: str) -> float | str:
+def amount(data: dict[str, Any], name: str) -> float | str:
     """The field as a finite float in [0, MAX_AMOUNT], or a sentence saying what is wrong."""
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -244,11 +74,3 @@ def _amount(data: dict[str, Any], name: str) -> float | str:
     if number > MAX_AMOUNT:
         return f"{name} is above 1e12 USD, which no account holds"
     return number
-
-
-def _transient(message: str) -> FetchOutcome:
-    return FetchOutcome(FetchKind.TRANSIENT, message=message)
-
-
-def _bad(message: str) -> FetchOutcome:
-    return FetchOutcome(FetchKind.BAD_RESPONSE, message=message)

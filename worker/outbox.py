@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker import procs, store
 from worker.delivery import Delivered, Sender
 from worker.redact import Redactor
-from worker.sendpolicy import Decision, Head, Outgoing, Policy, decide, lease, next_try
+from worker.sendpolicy import Counts, Decision, Head, Outgoing, Policy, decide, lease, next_try
 from worker.text import escape_controls
 
 log = logging.getLogger("creditwatch.outbox")
@@ -51,23 +51,6 @@ class Config:
         from worker.delivery import PACING_BOUND, START_TIMEOUT
 
         return self.budget + START_TIMEOUT + PACING_BOUND + self.send_timeout.total_seconds() + JOIN_MARGIN
-
-
-@dataclass
-class Counts:
-    """What one delivery phase did, per channel."""
-
-    delivered: dict[str, int] = field(default_factory=dict)
-    failed: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def add(self, kind: str, channel: str) -> None:
-        counter = getattr(self, kind)
-        counter[channel] = counter.get(channel, 0) + 1
-
-    @staticmethod
-    def total(counter: dict[str, int]) -> int:
-        return sum(counter.values())
 
 
 SenderFactory = Callable[[str, str, float], Sender]
@@ -112,6 +95,11 @@ class Outbox:
         # Sends the channel accepted but whose record failed (database outage): recorded
         # before anything else is sent, so the message is not sent again.
         self._unrecorded: dict[int, datetime] = {}
+
+    @property
+    def worst_case(self) -> float:
+        """The longest one delivery phase can take."""
+        return self._config.worst_case
 
     def request_stop(self) -> None:
         """Shutdown: start no send after STOP_GRACE, kill what runs past send_timeout + STOP_MARGIN."""

@@ -1,4 +1,5 @@
-"""What `status` and `history` print: text tables, JSON and CSV."""
+"""Every rendering of the snapshot and of a tick: `status` (text, JSON), the `check` line, the
+tick's log line; and `history` (table, JSON, CSV). Pure: values in, text out."""
 
 from __future__ import annotations
 
@@ -7,72 +8,64 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from worker.domain import Reading
-from worker.formatting import format_duration, hours_text, iso, money
+from worker.domain import FetchRecord, Reading, Reason
+from worker.formatting import format_duration, hours_text, iso, money, rate
 from worker.sendpolicy import Backlog
+from worker.snapshot import AlertView, Snapshot, TickReport
+
+# -- status --json ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LastFetch:
-    at: datetime
-    ok: bool
-    error: str | None
-
-
-@dataclass(frozen=True)
-class FiringAlert:
-    rule: str
-    severity: str
-    since: datetime | None
-    message: str
-
-
-@dataclass(frozen=True)
-class StatusView:
-    latest: Reading | None
-    burn_per_hour: float | None
-    runway_hours: float | None
-    window: timedelta
-    last_fetch: LastFetch | None
-    alerts: Sequence[FiringAlert]
-    backlog: Sequence[Backlog]
-
-    @property
-    def undelivered(self) -> int:
-        return sum(b.waiting for b in self.backlog)
-
-
-def status_json(view: StatusView) -> str:
-    r = view.latest
+def status_json(snap: Snapshot) -> str:
+    r = snap.latest
+    f = snap.figures
     doc: dict[str, Any] = {
         "fetched_at": iso(r.fetched_at) if r else None,
         "total_credits": r.total_credits if r else None,
         "total_usage": r.total_usage if r else None,
         "remaining": _usd(r.remaining) if r else None,
-        "burn_rate_per_hour": view.burn_per_hour,
-        "runway_hours": view.runway_hours,
-        "forecast_window": format_duration(view.window),
-        "last_fetch": _last_fetch(view.last_fetch),
-        "alerts": [
-            {"rule": a.rule, "severity": a.severity, "since": iso(a.since) if a.since else None,
-             "message": a.message}
-            for a in view.alerts
-        ],
-        "undelivered_notifications": view.undelivered,
-        "outbox": [_backlog_json(b) for b in view.backlog],
+        "burn_rate_per_hour": f.burn_per_hour,
+        "runway_hours": f.runway_hours,
+        "forecast_window": format_duration(snap.window),
+        "last_fetch": _last_fetch(snap.last_fetch),
+        "alerts": [_alert_json(a) for a in snap.firing],
+        "pending": [_pending_json(a) for a in snap.pending],
+        "undelivered_notifications": snap.undelivered,
+        "outbox": [_backlog_json(b) for b in snap.backlog],
     }
     return dumps(doc)
+
+
+def _alert_json(a: AlertView) -> dict[str, Any]:
+    return {"rule": a.rule, "severity": a.severity.value, "since": _iso(a.since), "message": a.summary}
+
+
+def _pending_json(a: AlertView) -> dict[str, Any]:
+    return {"rule": a.rule, "severity": a.severity.value, "since": _iso(a.since),
+            "fires_at": _iso(a.fires_at), "message": a.summary}
 
 
 def _backlog_json(b: Backlog) -> dict[str, Any]:
     h = b.head
     return {"channel": b.channel, "waiting": b.waiting, "oldest": h.key, "status": h.status.value,
-            "tries": h.attempts, "next_try_at": iso(h.next_try_at) if h.next_try_at else None,
-            "last_error": h.last_error}
+            "tries": h.attempts, "next_try_at": _iso(h.next_try_at), "last_error": h.last_error}
+
+
+def _last_fetch(last: FetchRecord | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    return {"at": iso(last.at), "ok": last.ok, "error": last.message}
+
+
+def _iso(value: Any) -> str | None:
+    return iso(value) if value is not None else None
+
+
+def _usd(value: float) -> float:
+    """A difference of two API amounts without float noise (79.5, not 79.49999999999999)."""
+    return round(value, 6)
 
 
 def dumps(doc: Any) -> str:
@@ -90,38 +83,42 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _usd(value: float) -> float:
-    """A difference of two API amounts without float noise (79.5, not 79.49999999999999)."""
-    return round(value, 6)
+# -- status (text) ------------------------------------------------------------------------------
 
 
-def _last_fetch(last: LastFetch | None) -> dict[str, Any] | None:
-    if last is None:
-        return None
-    return {"at": iso(last.at), "ok": last.ok, "error": last.error}
-
-
-def status_text(view: StatusView) -> str:
-    r = view.latest
-    window = format_duration(view.window)
+def status_text(snap: Snapshot) -> str:
+    r = snap.latest
+    f = snap.figures
+    window = format_duration(snap.window)
     lines = [
         _row("balance", f"{money(r.remaining)} remaining of {money(r.total_credits)} "
                         f"(used {money(r.total_usage)}) at {iso(r.fetched_at)}" if r else "no reading yet"),
-        _row("burn rate", f"${view.burn_per_hour:,.2f}/h over {window}" if view.burn_per_hour is not None
+        _row("burn rate", f"{rate(f.burn_per_hour)} over {window}" if f.burn_per_hour is not None
              else f"unknown (needs two readings in {window})"),
-        _row("runway", hours_text(view.runway_hours) if view.runway_hours is not None else "unknown"),
-        _row("last fetch", _fetch_text(view.last_fetch)),
+        _row("runway", hours_text(f.runway_hours) if f.runway_hours is not None else "unknown"),
+        _row("last fetch", _fetch_text(snap.last_fetch)),
     ]
-    if view.alerts:
-        lines.append(_row("alerts", f"{len(view.alerts)} firing"))
-        lines += [f"  {a.severity.upper():<8} {a.rule} since {iso(a.since) if a.since else '?'}: {a.message}"
-                  for a in view.alerts]
-    else:
-        lines.append(_row("alerts", "none firing"))
-    if view.backlog:
-        lines.append(_row("outbox", f"{view.undelivered} notification(s) waiting for delivery"))
-        lines += [_backlog_text(b) for b in view.backlog]
+    lines.append(_row("alerts", f"{len(snap.firing)} firing" if snap.firing else "none firing"))
+    lines += [f"  {a.severity.value.upper():<8} {a.rule} since {_iso(a.since) or '?'}: {a.summary}"
+              for a in snap.firing]
+    if snap.pending:
+        lines.append(_row("pending", f"{len(snap.pending)} pending"))
+        lines += [f"  {a.severity.value.upper():<8} {a.rule} since {_iso(a.since) or '?'}, fires at "
+                  f"{_iso(a.fires_at) or '?'} if it still holds: {a.summary}" for a in snap.pending]
+    if snap.backlog:
+        lines.append(_row("outbox", f"{snap.undelivered} notification(s) waiting for delivery"))
+        lines += [_backlog_text(b) for b in snap.backlog]
     return "\n".join(lines)
+
+
+def _row(label: str, value: str) -> str:
+    return f"{label:<11} {value}"
+
+
+def _fetch_text(last: FetchRecord | None) -> str:
+    if last is None:
+        return "never"
+    return f"ok at {iso(last.at)}" if last.ok else f"FAILED at {iso(last.at)}: {last.message}"
 
 
 def _backlog_text(b: Backlog) -> str:
@@ -136,14 +133,47 @@ def _backlog_text(b: Backlog) -> str:
     return text
 
 
-def _row(label: str, value: str) -> str:
-    return f"{label:<11} {value}"
+# -- check and the tick's log line --------------------------------------------------------------
 
 
-def _fetch_text(last: LastFetch | None) -> str:
-    if last is None:
-        return "never"
-    return f"ok at {iso(last.at)}" if last.ok else f"FAILED at {iso(last.at)}: {last.error}"
+def check_line(report: TickReport) -> str:
+    """The Nagios plugin line: `CREDITWATCH <STATE> - <text> | <perfdata>`."""
+    snap, outcome = report.snapshot, report.outcome
+    parts = []
+    if snap.latest is not None:
+        parts.append(f"{money(snap.latest.remaining)} remaining")
+    if snap.figures.burn_per_hour is not None:
+        parts.append(f"burning {rate(snap.figures.burn_per_hour)}")
+    if snap.figures.runway_hours is not None:
+        parts.append(f"about {hours_text(snap.figures.runway_hours)} left")
+    if not outcome.ok:
+        parts.append(f"fetch failed: {outcome.message}")
+    firing = ", ".join(f"{a.rule} ({a.severity.value})" for a in snap.firing)
+    parts.append(f"firing: {firing}" if firing else "nothing firing")
+    if snap.pending:
+        parts.append("pending: " + ", ".join(f"{a.rule} ({a.severity.value})" for a in snap.pending))
+    perf = f" | remaining={snap.latest.remaining:.2f}" if snap.latest else ""
+    return f"CREDITWATCH {report.exit_code.name} - {'; '.join(parts)}{perf}"
+
+
+def summary_line(report: TickReport) -> str:
+    """The one log line per tick."""
+    snap, outcome = report.snapshot, report.outcome
+    balance = money(snap.latest.remaining) if snap.latest else "unknown"
+    tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+    fetch = "ok" if outcome.ok else f"{outcome.kind.value} ({outcome.message}{tries})"
+
+    def names(reason: Reason) -> str:
+        return ",".join(t.rule for t in report.transitions if t.reason is reason) or "-"
+
+    return (
+        f"tick fetch={fetch} balance={balance} duration={report.seconds:.2f}s "
+        f"fired={names(Reason.FIRST)} repeated={names(Reason.REPEAT)} resolved={names(Reason.RESOLVED)} "
+        f"delivered={report.delivered} failed={report.failed}"
+    )
+
+
+# -- history ------------------------------------------------------------------------------------
 
 
 def history_json(readings: Sequence[Reading]) -> str:

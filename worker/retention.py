@@ -9,13 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.domain import Reading
-from worker.rollup import Rollup, fold
-from worker.sendpolicy import OutboxStatus
-from worker.tables import FetchAttemptRow, OutboxRow, ReadingRow, RollupRow
+from worker import store
 
 BATCH = 500
 MAX_BATCHES = 20
@@ -47,61 +43,32 @@ def prune(factory: sessionmaker[Session], now: datetime, keep_raw: timedelta,
 
 def _one_batch(session: Session, raw_cutoff: datetime, rollup_cutoff: datetime) -> Pruned:
     return Pruned(
-        folded=_fold_batch(session, raw_cutoff),
-        rollups=_delete_where(session, RollupRow, RollupRow.hour < rollup_cutoff, RollupRow.hour),
-        attempts=_prune_attempts(session, raw_cutoff),
-        outbox=_delete_where(session, OutboxRow, (OutboxRow.status == OutboxStatus.DELIVERED.value)
-                             & (OutboxRow.delivered_at < raw_cutoff), OutboxRow.delivered_at)
-        + _delete_where(session, OutboxRow, (OutboxRow.status == OutboxStatus.DROPPED.value)
-                        & (OutboxRow.dropped_at < raw_cutoff), OutboxRow.dropped_at),
+        folded=store.fold_readings_before(session, raw_cutoff, BATCH),
+        rollups=store.delete_rollups_before(session, rollup_cutoff, BATCH),
+        attempts=store.delete_attempts_before(session, raw_cutoff, BATCH),
+        outbox=store.delete_finished_messages_before(session, raw_cutoff, BATCH),
     )
 
 
-def _fold_batch(session: Session, cutoff: datetime) -> int:
-    rows = list(session.scalars(
-        select(ReadingRow).where(ReadingRow.fetched_at < cutoff)
-        .order_by(ReadingRow.fetched_at).limit(BATCH)
-    ))
-    if not rows:
-        return 0
-    readings = [Reading(r.fetched_at, r.total_credits, r.total_usage) for r in rows]
-    hours = {r.fetched_at.replace(minute=0, second=0, microsecond=0) for r in rows}
-    existing = {row.hour: _rollup(row) for row in session.scalars(
-        select(RollupRow).where(RollupRow.hour.in_(hours)))}
-    for roll in fold(readings, existing).values():
-        session.merge(RollupRow(**asdict(roll)))
-    session.execute(delete(ReadingRow).where(ReadingRow.id.in_([r.id for r in rows])))
-    return len(rows)
+class Retention:
+    """Runs `prune` at most once an hour in this process (rollups are hourly, and the
+    cut-off moves one interval a tick); a failure is retried at the next tick."""
 
+    EVERY = timedelta(hours=1)
 
-def _rollup(row: RollupRow) -> Rollup:
-    return Rollup(**{f: getattr(row, f) for f in Rollup.__dataclass_fields__})
+    def __init__(self, sessions: sessionmaker[Session], keep_raw: timedelta, keep_rollups: timedelta) -> None:
+        self._sessions = sessions
+        self._keep_raw = keep_raw
+        self._keep_rollups = keep_rollups
+        self.last_run: datetime | None = None
 
+    def due(self, now: datetime) -> bool:
+        # A clock stepped back past the last run counts as due: do not wait for it to catch up.
+        last = self.last_run
+        return last is None or not last <= now < last + self.EVERY
 
-def _prune_attempts(session: Session, cutoff: datetime) -> int:
-    # The newest attempt carries the failure streak: never prune it.
-    newest = session.scalar(select(func.max(FetchAttemptRow.id)))
-    if newest is None:
-        return 0
-    return _delete_where(session, FetchAttemptRow,
-                         (FetchAttemptRow.at < cutoff) & (FetchAttemptRow.id < newest),
-                         FetchAttemptRow.at)
-
-
-def _delete_where(session: Session, table: type, condition: object, order: object) -> int:
-    """Delete one batch; `order` must be the indexed column the condition bounds, so that
-    a tick with nothing to prune reads one index entry, not the table."""
-    key = table.__mapper__.primary_key[0]  # type: ignore[attr-defined]
-    ids = list(session.scalars(select(key).where(condition).order_by(order).limit(BATCH)))  # type: ignore[arg-type]
-    if ids:
-        session.execute(delete(table).where(key.in_(ids)))
-    return len(ids)
-
-
-def rollup_points(session: Session, start: datetime, end: datetime) -> list[Reading]:
-    """Readings reconstructed from rollups whose hour overlaps [start, end], oldest first."""
-    rows = session.scalars(
-        select(RollupRow).where(RollupRow.hour >= start - timedelta(hours=1), RollupRow.hour <= end)
-        .order_by(RollupRow.hour)
-    )
-    return [p for row in rows for p in _rollup(row).points() if start <= p.fetched_at <= end]
+    def run(self, now: datetime) -> Pruned:
+        """Prune now (database errors propagate); the next run is due an hour later."""
+        pruned = prune(self._sessions, now, self._keep_raw, self._keep_rollups)
+        self.last_run = now
+        return pruned

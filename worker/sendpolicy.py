@@ -7,7 +7,7 @@ or a claim held by a live sender) every later message of that channel waits too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -129,3 +129,25 @@ CLAIM_HORIZON = timedelta(minutes=5)
 def lease(send_timeout: timedelta) -> timedelta:
     """How long a claim is left to its sender: the send, the parent's margin, and slack."""
     return send_timeout + timedelta(seconds=15)
+
+
+@dataclass
+class Counts:
+    """What one delivery phase did, per channel."""
+
+    delivered: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, channel: str) -> None:
+        counter = getattr(self, kind)
+        counter[channel] = counter.get(channel, 0) + 1
+
+    @staticmethod
+    def total(counter: dict[str, int]) -> int:
+        return sum(counter.values())
+
+    def left_waiting(self, before: dict[str, int]) -> dict[str, int]:
+        """Undelivered messages per channel after this phase, from the count before it."""
+        after = {ch: n - self.delivered.get(ch, 0) - self.dropped.get(ch, 0) for ch, n in before.items()}
+        return {ch: n for ch, n in after.items() if n > 0}

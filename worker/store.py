@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, func, select, text, update
+from sqlalchemy import ColumnElement, Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import PG_TICK_LOCK
@@ -15,15 +17,16 @@ from worker.domain import (
     AlertState,
     FetchKind,
     FetchOutcome,
+    FetchRecord,
     FetchStreak,
     Message,
     Reading,
     Severity,
     Status,
 )
-from worker.retention import rollup_points
+from worker.rollup import Rollup, fold, hour_of
 from worker.sendpolicy import UNDELIVERED, Backlog, Head, OutboxStatus, Outgoing
-from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow
+from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow, RollupRow
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
@@ -71,8 +74,10 @@ def _latest_row(session: Session) -> ReadingRow | None:
     return session.scalars(select(ReadingRow).order_by(ReadingRow.id.desc()).limit(1)).first()
 
 
-def last_attempt(session: Session) -> FetchAttemptRow | None:
-    return session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
+def last_fetch(session: Session) -> FetchRecord | None:
+    """The newest fetch attempt, ok or not."""
+    row = session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
+    return FetchRecord(row.at, FetchKind(row.kind), row.message) if row else None
 
 
 def latest_reading(session: Session) -> Reading | None:
@@ -121,7 +126,7 @@ def _with_rollups(session: Session, raw: list[Reading], oldest: datetime | None,
     if oldest is not None and oldest <= start:
         return raw  # the raw data covers the whole window: the common case
     until = end if oldest is None else min(end, oldest)
-    older = [p for p in rollup_points(session, start, until) if oldest is None or p.fetched_at < oldest]
+    older = [p for p in _rollup_points(session, start, until) if oldest is None or p.fetched_at < oldest]
     return older + raw
 
 
@@ -156,13 +161,6 @@ def save_state(session: Session, state: AlertState, severity: Severity, now: dat
     row.summary = state.summary[:500]
     row.updated_at = now
     session.add(row)
-
-
-def firing_alerts(session: Session, rules: Iterable[str]) -> list[AlertStateRow]:
-    query = select(AlertStateRow).where(
-        AlertStateRow.status == Status.FIRING.value, AlertStateRow.rule.in_(list(rules))
-    ).order_by(AlertStateRow.firing_since)
-    return list(session.scalars(query))
 
 
 def enqueue(session: Session, messages: Sequence[Message], now: datetime) -> None:
@@ -292,3 +290,78 @@ def backlog(session: Session) -> list[Backlog]:
 def undelivered_count(session: Session) -> int:
     query = select(func.count()).select_from(OutboxRow).where(OutboxRow.status.in_(_UNDELIVERED))
     return int(session.scalar(query) or 0)
+
+
+def backlog_counts(session: Session) -> dict[str, int]:
+    """Undelivered messages per channel (one grouped index scan)."""
+    rows = session.execute(
+        select(OutboxRow.channel, func.count()).where(OutboxRow.status.in_(_UNDELIVERED))
+        .group_by(OutboxRow.channel)
+    ).all()
+    return {str(channel): int(count) for channel, count in rows}
+
+
+# -- retention: each function does one batch, in the caller's transaction ---------------------
+
+
+def fold_readings_before(session: Session, cutoff: datetime, batch: int) -> int:
+    """Fold up to `batch` of the oldest readings before `cutoff` into their hourly rollups."""
+    rows = session.execute(
+        select(ReadingRow.id, ReadingRow.fetched_at, ReadingRow.total_credits, ReadingRow.total_usage)
+        .where(ReadingRow.fetched_at < cutoff).order_by(ReadingRow.fetched_at).limit(batch)
+    ).all()
+    if not rows:
+        return 0
+    readings = [Reading(at, credits, usage) for _, at, credits, usage in rows]
+    hours = {hour_of(r.fetched_at) for r in readings}
+    existing = {row.hour: _rollup(row) for row in session.scalars(
+        select(RollupRow).where(RollupRow.hour.in_(hours)))}
+    for roll in fold(readings, existing).values():
+        session.merge(RollupRow(**asdict(roll)))
+    session.execute(delete(ReadingRow).where(ReadingRow.id.in_([r.id for r in rows])))
+    return len(rows)
+
+
+def delete_rollups_before(session: Session, cutoff: datetime, batch: int) -> int:
+    return _delete_batch(session, RollupRow, RollupRow.hour < cutoff, RollupRow.hour, batch)
+
+
+def delete_attempts_before(session: Session, cutoff: datetime, batch: int) -> int:
+    """Old fetch attempts, but never the newest: it carries the failure streak."""
+    newest = session.scalar(select(func.max(FetchAttemptRow.id)))
+    if newest is None:
+        return 0
+    old = (FetchAttemptRow.at < cutoff) & (FetchAttemptRow.id < newest)
+    return _delete_batch(session, FetchAttemptRow, old, FetchAttemptRow.at, batch)
+
+
+def delete_finished_messages_before(session: Session, cutoff: datetime, batch: int) -> int:
+    """Delivered and dropped outbox rows that ended before `cutoff`."""
+    delivered = (OutboxRow.status == OutboxStatus.DELIVERED.value) & (OutboxRow.delivered_at < cutoff)
+    dropped = (OutboxRow.status == OutboxStatus.DROPPED.value) & (OutboxRow.dropped_at < cutoff)
+    return (_delete_batch(session, OutboxRow, delivered, OutboxRow.delivered_at, batch)
+            + _delete_batch(session, OutboxRow, dropped, OutboxRow.dropped_at, batch))
+
+
+def _delete_batch(session: Session, table: Any, condition: ColumnElement[bool], order: Any,
+                  batch: int) -> int:
+    """Delete one batch; `order` must be the indexed column the condition bounds, so that
+    a tick with nothing to prune reads one index entry, not the table."""
+    key = table.__mapper__.primary_key[0]
+    ids = list(session.scalars(select(key).where(condition).order_by(order).limit(batch)))
+    if ids:
+        session.execute(delete(table).where(key.in_(ids)))
+    return len(ids)
+
+
+def _rollup_points(session: Session, start: datetime, end: datetime) -> list[Reading]:
+    """Readings reconstructed from rollups whose hour overlaps [start, end], oldest first."""
+    rows = session.scalars(
+        select(RollupRow).where(RollupRow.hour >= start - timedelta(hours=1), RollupRow.hour <= end)
+        .order_by(RollupRow.hour)
+    )
+    return [p for row in rows for p in _rollup(row).points() if start <= p.fetched_at <= end]
+
+
+def _rollup(row: RollupRow) -> Rollup:
+    return Rollup(**{f: getattr(row, f) for f in Rollup.__dataclass_fields__})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 import requests
@@ -16,31 +16,28 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker import store
 from worker.domain import (
     AlertState,
-    ExitCode,
     FetchKind,
     FetchOutcome,
+    FetchRecord,
+    Figures,
     Message,
     Reading,
     Reason,
-    Severity,
 )
-from worker.forecast import burn_rate, runway_hours
-from worker.formatting import money
 from worker.lifecycle import Policy, notifies, step
-from worker.messages import Context, render
+from worker.messages import render
 from worker.openrouter import Endpoint, fetch_credits
-from worker.outbox import Counts, Outbox
+from worker.outbox import Outbox
 from worker.redact import Redactor
-from worker.retention import Pruned, prune
+from worker.retention import Pruned, Retention
 from worker.rules import Facts, evaluate
 from worker.settings import Rule, Settings
-from worker.verdict import exit_code
+from worker.snapshot import TickReport, Transition, figures, take
 
 log = logging.getLogger("creditwatch.tick")
 T = TypeVar("T")
 
 GUARD_MARGIN = 2.0
-RETENTION_EVERY = timedelta(hours=1)
 
 
 def worst_case_seconds(settings: Settings, delivery_seconds: float) -> float:
@@ -50,47 +47,18 @@ def worst_case_seconds(settings: Settings, delivery_seconds: float) -> float:
     return fetch + delivery_seconds + database
 
 
-@dataclass
+@dataclass(frozen=True)
 class Deps:
-    """Everything a tick touches, built once by the shell."""
+    """Everything a tick touches, built once by worker.app (the outbox and retention keep
+    their own per-process state)."""
 
     settings: Settings
     sessions: sessionmaker[Session]
     http: requests.Session
     endpoint: Endpoint
     outbox: Outbox
-    redact: Redactor = field(default_factory=Redactor)
-    retained_at: datetime | None = None  # when retention last ran in this process
-
-
-@dataclass(frozen=True)
-class Transition:
-    rule: str
-    reason: Reason
-
-
-@dataclass(frozen=True)
-class TickReport:
-    outcome: FetchOutcome
-    latest: Reading | None
-    burn_per_hour: float | None
-    runway_hours: float | None
-    transitions: list[Transition]
-    firing: list[tuple[str, Severity]]
-    delivery: Counts
-    seconds: float
-
-    @property
-    def delivered(self) -> int:
-        return Counts.total(self.delivery.delivered)
-
-    @property
-    def failed(self) -> int:
-        return Counts.total(self.delivery.failed)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return exit_code((s for _, s in self.firing), self.outcome.ok)
+    retention: Retention
+    redact: Redactor
 
 
 def run_tick(deps: Deps, now: datetime) -> TickReport:
@@ -100,14 +68,16 @@ def run_tick(deps: Deps, now: datetime) -> TickReport:
     evaluated = _store_and_evaluate(deps, now, outcome)
     delivery = deps.outbox.deliver(now)
     _retain(deps, now)
-    return TickReport(
-        outcome, evaluated.latest, evaluated.burn, evaluated.runway, evaluated.transitions,
-        evaluated.firing, delivery, time.monotonic() - started,
-    )
+    settings = deps.settings
+    last = FetchRecord(now, outcome.kind, outcome.message or None)
+    snap = take(now, evaluated.figures, settings.forecast.window, last, settings.rules, evaluated.states,
+                delivery.left_waiting(evaluated.waiting))
+    return TickReport(outcome, snap, evaluated.transitions, delivery, time.monotonic() - started)
 
 
 def fetch_bounded(deps: Deps) -> FetchOutcome:
-    """The fetch, with a last-resort wall-clock guard around all of it (headers included)."""
+    """The fetch, with a last-resort wall-clock guard: the fetch ends at its own deadline in
+    every phase, but a name lookup (getaddrinfo) cannot be interrupted."""
     limit = deps.endpoint.timeout + GUARD_MARGIN
     timed_out = FetchOutcome(FetchKind.TRANSIENT, message=f"timed out after {deps.endpoint.timeout:g}s")
     return _bounded(lambda: fetch_credits(deps.http, deps.endpoint), limit, timed_out)
@@ -121,13 +91,12 @@ def _bounded(fn: Callable[[], T], seconds: float, fallback: T) -> T:
     return box[0] if box else fallback
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Evaluated:
-    latest: Reading | None
-    burn: float | None
-    runway: float | None
+    figures: Figures
     transitions: list[Transition]
-    firing: list[tuple[str, Severity]]
+    states: dict[str, AlertState]
+    waiting: dict[str, int]  # undelivered messages per channel once this tick's were queued
 
 
 def _store_and_evaluate(deps: Deps, now: datetime, outcome: FetchOutcome) -> _Evaluated:
@@ -138,28 +107,27 @@ def _store_and_evaluate(deps: Deps, now: datetime, outcome: FetchOutcome) -> _Ev
         history = store.forecast_history(session, now - settings.history_span, now)
         fresh = Reading(now, outcome.total_credits or 0.0, outcome.total_usage or 0.0) if outcome.ok else None
         known = fresh or store.latest_reading(session)
-        burn = burn_rate(history, now, settings.forecast.window)
-        runway = runway_hours(known.remaining, burn) if known else None
-        ctx = Context(known, burn, runway)
+        shown = figures(known, history, now, settings.forecast.window)
         states = store.load_states(session, [r.name for r in settings.rules])
-        transitions, messages, final = _step_all(deps, now, Facts(now, fresh, history, streak), states, ctx)
-        for rule, state in final.items():
-            if state != states[rule.name]:
-                store.save_state(session, state, rule.severity, now)
+        facts = Facts(now, fresh, history, streak)
+        transitions, messages, final = _step_all(deps, now, facts, states, shown)
+        for rule in settings.rules:
+            if final[rule.name] != states[rule.name]:
+                store.save_state(session, final[rule.name], rule.severity, now)
         store.enqueue(session, messages, now)
-    firing = [(r.name, r.severity) for r, s in final.items() if s.firing]
-    return _Evaluated(known, burn, runway, transitions, firing)
+        session.flush()
+        waiting = store.backlog_counts(session)
+    return _Evaluated(shown, transitions, final, waiting)
 
 
 def _step_all(
-    deps: Deps, now: datetime, facts: Facts, states: dict[str, AlertState], ctx: Context
-) -> tuple[list[Transition], list[Message], dict[Rule, AlertState]]:
+    deps: Deps, now: datetime, facts: Facts, states: dict[str, AlertState], shown: Figures
+) -> tuple[list[Transition], list[Message], dict[str, AlertState]]:
     transitions: list[Transition] = []
     messages: list[Message] = []
-    final: dict[Rule, AlertState] = {}
+    final = dict(states)
     for rule in deps.settings.rules:
         prev = states[rule.name]
-        final[rule] = prev
         try:
             evaluation = evaluate(rule, _facts_for(facts, prev))
         except Exception as err:  # noqa: BLE001 - one broken rule must not stop the others
@@ -167,11 +135,11 @@ def _step_all(
             continue
         policy = _policy(deps.settings, rule)
         state, reason = step(prev, evaluation, now, policy)
-        final[rule] = state
+        final[rule.name] = state
         if reason is not Reason.NONE:
             transitions.append(Transition(rule.name, reason))
         if notifies(reason, policy):
-            messages += _messages(deps.settings, rule, state, reason, ctx, now)
+            messages += _messages(deps.settings, rule, state, reason, shown, now)
     return transitions, messages, final
 
 
@@ -184,9 +152,9 @@ def _policy(settings: Settings, rule: Rule) -> Policy:
 
 
 def _messages(
-    settings: Settings, rule: Rule, state: AlertState, reason: Reason, ctx: Context, now: datetime
-) -> list[Message]:
-    rendered = render(state, reason, rule.severity, ctx, now)
+    settings: Settings, rule: Rule, state: AlertState, reason: Reason, shown: Figures, now: datetime
+) -> Sequence[Message]:
+    rendered = render(state, reason, rule.severity, shown, now)
     if not settings.channels_for(rule):
         log.warning("%s: %s (no channel is configured, so nobody is notified)", rendered.title, state.summary)
     return [
@@ -197,33 +165,14 @@ def _messages(
 
 
 def _retain(deps: Deps, now: datetime) -> None:
-    """Fold and prune old rows, at most once an hour (rollups are hourly, the cut-off
-    moves one interval a tick); a failure is logged and never fails the tick."""
-    last = deps.retained_at
-    if last is not None and last <= now < last + RETENTION_EVERY:
+    """Fold and prune old rows when due (hourly); a failure is logged and never fails the tick."""
+    if not deps.retention.due(now):
         return
-    db = deps.settings.database
     try:
-        pruned = prune(deps.sessions, now, db.keep_raw, db.keep_rollups)
+        pruned = deps.retention.run(now)
     except Exception as err:  # noqa: BLE001 - retention can wait for the next tick
         log.error("retention failed, will retry at the next tick: %s", deps.redact(repr(err)))
         return
-    deps.retained_at = now
     if pruned != Pruned():
-        log.info("retention: folded %d readings, pruned %d rollups, %d attempts, %d delivered messages",
+        log.info("retention: folded %d readings, pruned %d rollups, %d attempts, %d finished messages",
                  pruned.folded, pruned.rollups, pruned.attempts, pruned.outbox)
-
-
-def summary_line(report: TickReport) -> str:
-    """The one log line per tick."""
-    balance = money(report.latest.remaining) if report.latest else "unknown"
-    outcome = report.outcome
-    tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
-    fetch = "ok" if outcome.ok else f"{outcome.kind.value} ({outcome.message}{tries})"
-    def names(reason: Reason) -> str:
-        return ",".join(t.rule for t in report.transitions if t.reason is reason) or "-"
-    return (
-        f"tick fetch={fetch} balance={balance} duration={report.seconds:.2f}s "
-        f"fired={names(Reason.FIRST)} repeated={names(Reason.REPEAT)} resolved={names(Reason.RESOLVED)} "
-        f"delivered={report.delivered} failed={report.failed}"
-    )
