@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from table import Figure, median
-from testbed import BIN, environ, write_settings
-
 from fakes import FakeOpenRouter, RecordedRequest, Resp, WebhookReceiver  # the test suite's fakes
 from hostile import RawServer
+
+from table import Figure, median
+from testbed import BIN, environ, write_settings
 
 SEND_TIMEOUT = 10.0  # alerts.send_timeout's default: the bound is send_timeout + 5 s
 STOP_RUNS = 3
@@ -30,7 +30,8 @@ class _Trickling(WebhookReceiver):
         return Resp.json({"ok": True, "padding": "x" * 50_000}, trickle=0.5)
 
 
-def _settings(folder: Path, api: FakeOpenRouter | RawServer, channel: str, *, timeout: str, name: str) -> Path:
+def _settings(folder: Path, api: FakeOpenRouter | RawServer, channel: str, *, timeout: str,
+              name: str) -> Path:
     return write_settings(folder, f"""
 [openrouter]
 base_url = "{api.base_url}"

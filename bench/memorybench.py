@@ -69,7 +69,7 @@ def figures(m: Measured) -> list[Figure]:
     rss = last * 1024 / MB if last else None
     growth = (last - first) * 1024 / MB if last and first else None
     trail = ", ".join(f"{t:,}: {kb * 1024 / MB:.1f}" for t, kb in sorted(m.rss_kb.items()))
-    path = (f"the same code path as `creditwatch run` (commands.load, migrate_in_child, _tick_deps, "
+    path = (f"the same code path as `creditwatch run` (commands.load, App.migrate_in_child, App.tick, "
             f"service.serve) with a {m.interval_ms} ms interval instead of schedule.interval and a "
             f"clock stepping {INTERVAL} a tick; {m.seconds:.0f} s for {LAST:,} ticks; exit code "
             f"{m.exit_code} on SIGTERM (0 expected)")

@@ -22,8 +22,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker import commands, db
+from worker.reports import summary_line
 from worker.service import serve
-from worker.tick import run_tick, summary_line, worst_case_seconds
 
 log = logging.getLogger("creditwatch")
 EVERY = 1_000  # ticks between two memory samples
@@ -106,24 +106,23 @@ def _tree_rss_kb() -> int:
 def main(argv: list[str]) -> int:
     config, out, interval_ms, last = argv
     # From here on this is commands.cmd_run, but for the interval, the clock and the probe.
-    loaded = commands.load(argparse.Namespace(config=config, log_level="INFO"), os.environ, need_key=True,
-                           inspect_in_child=True)
-    commands.migrate_in_child(loaded, os.environ)
-    deps = commands._tick_deps(loaded, os.environ)
-    clock = VirtualClock(db.now_utc(), loaded.settings.schedule.interval)
+    app = commands.load(argparse.Namespace(config=config, log_level="INFO"), os.environ, need_key=True,
+                        inspect_in_child=True)
+    app.migrate_in_child()
+    clock = VirtualClock(db.now_utc(), app.settings.schedule.interval)
     probe = Probe(Path(out), int(last))
 
     def tick() -> None:
         try:
-            log.info(summary_line(run_tick(deps, clock.next())))
+            log.info(summary_line(app.tick(clock.next())))
         except SQLAlchemyError as err:
-            log.error("tick failed, will retry at the next one: %s", commands.database_problem(err, loaded))
+            log.error("tick failed, will retry at the next one: %s", app.database_problem(err))
         except Exception as err:  # noqa: BLE001 - as in cmd_run: the service outlives a tick's bug
-            log.error("tick failed, will retry at the next one: %s", loaded.redact(repr(err)))
+            log.error("tick failed, will retry at the next one: %s", app.redact(repr(err)))
         probe.after_tick()
 
-    budget = worst_case_seconds(loaded.settings, commands.outbox_config(loaded.settings).worst_case)
-    return serve(tick, timedelta(milliseconds=float(interval_ms)), budget, deps.outbox.request_stop)
+    interval = timedelta(milliseconds=float(interval_ms))
+    return serve(tick, interval, app.worst_tick_seconds, app.deps.outbox.request_stop)
 
 
 if __name__ == "__main__":

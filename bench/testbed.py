@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from fakes import FakeOpenRouter, WebhookReceiver  # noqa: E402 - needs the path above
 
 from worker import commands  # noqa: E402
-from worker.tick import Deps  # noqa: E402
+from worker.app import App  # noqa: E402
 
 API_KEY_ENV = "CW_BENCH_API_KEY"
 API_KEY = "bench-dummy-key-0123456789"  # checked by the fake; no real service ever sees it
@@ -110,13 +110,7 @@ def environ() -> dict[str, str]:
     return env
 
 
-def load(config: Path, log_level: str = "WARNING") -> commands.Loaded:
-    """Settings, redactor and engine exactly as every CLI command gets them (nothing written)."""
+def load(config: Path, log_level: str = "WARNING") -> App:
+    """The service exactly as every CLI command builds it (worker.app.build; nothing written)."""
     args = argparse.Namespace(config=str(config), log_level=log_level)
     return commands.load(args, environ(), need_key=True)
-
-
-def tick_deps(loaded: commands.Loaded) -> Deps:
-    """The Deps that `run` and `check` tick with: commands._tick_deps itself, so they cannot drift."""
-    deps: Deps = commands._tick_deps(loaded, environ())
-    return deps

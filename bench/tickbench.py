@@ -27,9 +27,9 @@ from queryplans import (
 )
 from seeding import Series, check_timestamp_format, insert_history
 from table import Figure, median
-from testbed import API_KEY, CREDITS, Servers, load, settings_text, tick_deps, write_settings
-from worker import commands
-from worker.tick import Deps, TickReport, run_tick
+from testbed import API_KEY, CREDITS, Servers, load, settings_text, write_settings
+from worker.snapshot import TickReport
+from worker.tick import Deps, run_tick
 
 SMALL, LARGE = 1_000, 1_000_000
 KEEP_RAW, KEEP_ROLLUPS = "700d", "2y"  # a million 1-minute readings must stay raw (see above)
@@ -78,12 +78,12 @@ def make_bed(folder: Path, srv: Servers, stored: int) -> Bed:
     db_path = folder / f"{name}.db"
     text = settings_text(srv, db_path, keep_raw=KEEP_RAW, keep_rollups=KEEP_ROLLUPS)
     config = write_settings(folder, text, f"{name}.toml")
-    loaded = load(config)
-    commands.migrate(loaded)
-    check_timestamp_format(loaded.engine)
+    app = load(config)
+    app.migrate()
+    check_timestamp_format(app.engine)
     series = Series(CREDITS)
-    insert_history(loaded.engine, series, 0, stored)
-    return Bed(name, config, tick_deps(loaded), series, srv, stored)
+    insert_history(app.engine, series, 0, stored)
+    return Bed(name, config, app.deps, series, srv, stored)
 
 
 @dataclass
@@ -163,7 +163,7 @@ def _counting_twin(bed: Bed) -> tuple[Deps, StepCounter, StatementLog]:
     loaded = load(bed.config)
     counter = StepCounter(loaded.engine)
     statements = StatementLog(loaded.engine)
-    return tick_deps(loaded), counter, statements
+    return loaded.deps, counter, statements
 
 
 def figures(timings: Timings, counted: Counted) -> list[Figure]:
