@@ -31,10 +31,11 @@ run: install
 test: dev-install lint
 	$(BIN)/python -m pytest -n 2 -q
 
-# Types and style of the package (mypy --strict, ruff); part of `make test`.
+# Types, style and layers of the package (mypy --strict, ruff, import-linter); part of `make test`.
 lint: dev-install
 	$(BIN)/ruff check worker migrations
 	$(BIN)/mypy worker
+	$(BIN)/lint-imports --no-cache
 
 bench: dev-install
 	$(BIN)/python bench/run.py

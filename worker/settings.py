@@ -7,10 +7,11 @@ its own, and reports every problem as one `path: message` line.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -172,6 +173,87 @@ class Forecast(Model):
     window: Duration = timedelta(hours=6)
 
 
+class Server(Model):
+    """Where `run` serves /healthz and /metrics; None serves nothing."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, the host without IPv6 brackets; None when not set."""
+        return None if self.listen is None else split_listen(self.listen)
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as (host, port); ValueError with one message otherwise."""
+    msg = 'must be host:port with a port between 1 and 65535, such as "127.0.0.1:9464" or "[::1]:9464"'
+    host, colon, port = value.rpartition(":")
+    if ":" in host and not host.startswith("["):
+        msg = 'must put an IPv6 address in brackets, such as "[::1]:9464"'
+        raise ValueError(msg)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid = _is_ip(host, version=6)
+    else:
+        valid = _is_ip(host, version=4) or bool(_HOSTNAME.fullmatch(host))
+    if not (colon and valid and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(msg)
+    return host, int(port)
+
+
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def _is_ip(host: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
+
+
+class Heartbeat(Model):
+    """A dead-man switch pinged after every tick (healthchecks.io style); a secret."""
+
+    url: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_heartbeat_url(value.get_secret_value())
+        return value
+
+
+def _check_heartbeat_url(url: str) -> None:
+    """ValueError unless `url` is a plain http(s) URL; the message never quotes it (a secret)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        msg = "must not contain spaces, tabs or other control characters"
+        raise ValueError(msg)
+    if "?" in url or "#" in url:
+        msg = "must not have a query string or a #fragment: /fail is appended to its path"
+        raise ValueError(msg)
+    msg = "must be an http(s) URL with a host, such as https://hc-ping.com/<uuid>"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(msg) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ValueError(msg)
+
+
+class Logging(Model):
+    format: Literal["text", "json"] = "text"
+
+
 class Channel(Model):
     name: str
     url: SecretStr
@@ -203,6 +285,9 @@ class Settings(Model):
     database: Database = Database()
     alerts: Alerts = Alerts()
     forecast: Forecast = Forecast()
+    server: Server = Server()
+    heartbeat: Heartbeat = Heartbeat()
+    logging: Logging = Logging()
     channels: tuple[Channel, ...] = ()
     rules: tuple[Rule, ...] = ()
 
