@@ -19,9 +19,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import db, store
+from worker import db, heartbeat, store
 from worker.delivery import Sender, inspect_in_child
 from worker.errors import ConfigError, RuntimeProblem
+from worker.heartbeat import heartbeat_secrets
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
 from worker.outbox import Config, Outbox
@@ -63,7 +64,8 @@ class App:
     @property
     def worst_tick_seconds(self) -> float:
         """The longest one tick can take: the bound `run` waits for at shutdown."""
-        return worst_case_seconds(self.settings, self.deps.outbox.worst_case)
+        beat = heartbeat.TIMEOUT if self.settings.heartbeat.url is not None else 0.0
+        return worst_case_seconds(self.settings, self.deps.outbox.worst_case) + beat
 
     def database_problem(self, err: SQLAlchemyError) -> RuntimeProblem:
         """A database error as one line naming the database (never its password)."""
@@ -112,7 +114,7 @@ def build(settings: Settings, environ: Mapping[str, str], *, redact: Redactor | 
     with `redact`, and wire the service; ConfigError lists every problem. Nothing is written."""
     redact = redact if redact is not None else Redactor()
     redact.add([environ.get(settings.openrouter.api_key_env, ""),
-                *credentials(settings.database.url.get_secret_value())])
+                *credentials(settings.database.url.get_secret_value()), *heartbeat_secrets(settings)])
     infos = _inspect(settings, inspect_in_child)
     for info in infos:
         redact.add(info.secrets)

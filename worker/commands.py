@@ -20,16 +20,10 @@ from worker.delivery import Delivered, Result
 from worker.domain import ExitCode, Reading
 from worker.durations import DurationError, parse_duration
 from worker.errors import EX_FAILURE, ConfigError, RuntimeProblem, UsageError
+from worker.heartbeat import Heartbeat
 from worker.redact import Redactor
-from worker.reports import (
-    check_line,
-    history_csv,
-    history_json,
-    history_table,
-    status_json,
-    status_text,
-    summary_line,
-)
+from worker.reports import check_line, history_csv, history_json, history_table, status_json, status_text
+from worker.runner import Runner, log_tick, ping
 from worker.settings import Settings, SettingsError, parse_settings
 from worker.text import escape_controls
 
@@ -58,7 +52,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str], need_key: bool = 
     built; nothing written."""
     settings = read_settings(settings_path(args, environ), environ)
     redact = Redactor()
-    logs.setup(args.log_level, redact)
+    logs.setup(args.log_level, redact, settings.logging.format)
     return build(settings, environ, redact=redact, need_key=need_key, inspect_in_child=inspect_in_child)
 
 
@@ -97,12 +91,15 @@ def _require_schema(app: App) -> None:
 def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     app = load(args, environ, need_key=True)
     app.migrate()
+    beat = Heartbeat.from_settings(app.settings)
     try:
         app.deps.outbox.drop_removed_channels(db.now_utc())
         report = app.tick(db.now_utc())
     except SQLAlchemyError as err:
+        ping(beat, False)
         raise app.database_problem(err) from None
-    log.info(summary_line(report))
+    log_tick(report)
+    ping(beat, report.outcome.ok)
     return int(report.exit_code), check_line(report)
 
 
@@ -115,17 +112,17 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
         app.deps.outbox.drop_removed_channels(db.now_utc())
     except SQLAlchemyError as err:
         log.error("could not check for messages of removed channels: %s", app.database_problem(err))
+    runner = Runner(app)
+    runner.start()
 
-    def tick() -> None:
-        try:
-            log.info(summary_line(app.tick(db.now_utc())))
-        except SQLAlchemyError as err:
-            log.error("tick failed, will retry at the next one: %s", app.database_problem(err))
-        except Exception as err:  # noqa: BLE001 - the service outlives any one tick's bug
-            log.error("tick failed, will retry at the next one: %s", app.redact(repr(err)))
+    def stop() -> None:
+        app.deps.outbox.request_stop()
+        runner.stopped()
 
-    settings = app.settings
-    return serve(tick, settings.schedule.interval, app.worst_tick_seconds, app.deps.outbox.request_stop), ""
+    try:
+        return serve(runner.tick, app.settings.schedule.interval, app.worst_tick_seconds, stop), ""
+    finally:
+        runner.close()
 
 
 # -- read-only commands ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from worker.domain import Severity
 from worker.durations import DurationError, parse_duration
 from worker.formatting import format_duration
 
+DEFAULT_ACCOUNT = "default"  # the one account of settings without [[accounts]]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -24,7 +24,7 @@ from worker.domain import (
 )
 from worker.forecast import burn_rate, runway_hours
 from worker.sendpolicy import Backlog, Counts
-from worker.settings_base import RuleBase
+from worker.settings_base import DEFAULT_ACCOUNT, RuleBase
 from worker.verdict import exit_code
 
 
@@ -59,6 +59,7 @@ class Snapshot:
     pending: tuple[AlertView, ...]
     waiting: Mapping[str, int]  # undelivered messages per channel
     backlog: tuple[Backlog, ...] = ()  # each waiting channel's oldest message (status only)
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def latest(self) -> Reading | None:
