@@ -167,3 +167,28 @@ def test_the_startup_line_says_what_is_watched(
     [line] = [x for x in result.stderr.splitlines() if "creditwatch watching" in x]
     assert re.search(r"watching 127\.0\.0\.1:\d+ every 1s; database sqlite:///.*cw\.db; channels: none; "
                      rf"rules: low, fetch-failing; server: http://127\.0\.0\.1:{port}$", line), line
+
+
+def test_pending_alerts_show_in_status_json_and_the_check_line(
+        tmp_path: Path, fake_api: FakeOpenRouter, run_cli: Any) -> None:
+    cfg = write_settings(tmp_path, f"""
+        [openrouter]
+        base_url = "{fake_api.base_url}"
+        [database]
+        url = "sqlite:///{tmp_path}/cw.db"
+        [[rules]]
+        name = "slow-low"
+        type = "threshold"
+        below = 50.0
+        for = "1h"
+        """)
+    fake_api.set_balance(100.0, 58.0)
+    check = run_cli("check", config=cfg, env=ENV)
+    assert check.code == 0, check  # pending leaves the exit code alone
+    assert "nothing firing; pending: slow-low (warning)" in check.stdout, check.stdout
+    doc = json.loads(run_cli("status", "--json", config=cfg).stdout)
+    [pending] = doc["pending"]
+    assert pending["rule"] == "slow-low" and pending["severity"] == "warning"
+    assert pending["since"] is not None and pending["fires_at"] is not None and doc["alerts"] == []
+    text = run_cli("status", config=cfg).stdout
+    assert "pending     1 pending" in text and "slow-low since" in text and "fires at" in text
