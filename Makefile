@@ -29,7 +29,7 @@ run: install
 	$(BIN)/creditwatch --config $(CONFIG) run
 
 test: dev-install lint
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 4 -q
 
 # Types, style and layers of the package (mypy --strict, ruff, import-linter); part of `make test`.
 lint: dev-install
