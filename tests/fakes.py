@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import gzip
+import hashlib
 import json
 import logging
 import socket
@@ -20,13 +22,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -301,30 +303,91 @@ class _LoopbackServer:
 # --------------------------------------------------------------------------- OpenRouter
 
 
-class FakeOpenRouter(_LoopbackServer):
-    """Serves GET /api/v1/credits from a FIFO of one-shot answers, then a default.
+# Scripted for one path: a Resp is served instead of the real answer (and a PATCH is then
+# not applied); a callable changes the real answer (e.g. `trickled(0.05)`, `gzip_encoded`).
+Script = Resp | Callable[[Resp], Resp]
 
-    With `api_key` set, a request without `Authorization: Bearer <api_key>` gets
-    OpenRouter's 401 and does not consume the queue.
-    """
+KEYS_PAGE = 100  # keys per page of GET /keys, as OpenRouter serves them
+_PATCHABLE = ("disabled", "limit", "name", "limit_reset", "include_byok_in_limit")
 
-    CREDITS_PATH = "/api/v1/credits"
 
-    def __init__(self, total_credits: float = 100.0, total_usage: float = 0.0,
-                 api_key: str | None = None) -> None:
-        super().__init__()
+def _not_found() -> Resp:
+    return Resp.json({"error": {"message": "Not Found", "code": 404}}, status=404)
+
+
+def _unauthorized() -> Resp:
+    return Resp.json({"error": {"message": "No auth credentials found", "code": 401}}, status=401)
+
+
+def _bad_request(message: str) -> Resp:
+    return Resp.json({"error": {"message": message, "code": 400}}, status=400)
+
+
+def key_item(name: str, *, limit: float | None = None, remaining: float | None = None,
+             usage: float | None = None, usage_daily: float = 0.0,
+             usage_weekly: float | None = None, usage_monthly: float | None = None,
+             disabled: bool = False, limit_reset: str | None = None,
+             key_hash: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One item of OpenRouter's GET /keys, every documented field set: a 64-hex hash and a
+    masked label ("sk-or-v1-abc...xyz") derived from `name` (so stable across runs), weekly
+    and monthly usage defaulting to the day's, and `limit_remaining` to what the limit's
+    period leaves (None without a limit). `extra` adds or overrides raw fields."""
+    secret = hashlib.sha256(f"fake-secret:{name}".encode()).hexdigest()
+    weekly = usage_daily if usage_weekly is None else usage_weekly
+    monthly = weekly if usage_monthly is None else usage_monthly
+    total = monthly if usage is None else usage
+    if remaining is None and limit is not None:
+        used = {"daily": usage_daily, "weekly": weekly, "monthly": monthly}.get(limit_reset or "",
+                                                                                total)
+        remaining = max(0.0, round(limit - used, 6))
+    item = {
+        "hash": key_hash or hashlib.sha256(f"fake-key:{name}".encode()).hexdigest(),
+        "name": name, "label": f"sk-or-v1-{secret[:3]}...{secret[-3:]}", "disabled": disabled,
+        "limit": limit, "limit_remaining": remaining, "limit_reset": limit_reset,
+        "include_byok_in_limit": False, "usage": total, "usage_daily": usage_daily,
+        "usage_weekly": weekly, "usage_monthly": monthly, "byok_usage": 0.0,
+        "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
+        "created_at": "2025-08-24T10:30:00Z", "updated_at": "2025-08-24T15:45:00Z",
+        "expires_at": None, "creator_user_id": "user_2dHFtVWx2n56w6HkM0000000000",
+    }
+    return item | extra
+
+
+def keys_page(items: list[dict[str, Any]], **kwargs: Any) -> Resp:
+    """OpenRouter's GET /keys answer holding exactly these items."""
+    return Resp.json({"data": items}, **kwargs)
+
+
+def delayed(seconds: float) -> Callable[[Resp], Resp]:
+    """A script that sends the real answer `seconds` late."""
+    return lambda resp: replace(resp, delay=seconds)
+
+
+def trickled(gap: float) -> Callable[[Resp], Resp]:
+    """A script that sends the real answer's body one byte every `gap` seconds."""
+    return lambda resp: replace(resp, trickle=gap)
+
+
+def gzip_encoded(resp: Resp) -> Resp:
+    """A script that sends the real answer gzip-compressed, announced as such."""
+    body, content_type = resp.encoded()
+    return replace(resp, body=gzip.compress(body, mtime=0), content_type=content_type,
+                   headers={**resp.headers, "Content-Encoding": "gzip"})
+
+
+class FakeAccount:
+    """One account of a FakeOpenRouter, told apart by its bearer key: a balance (a FIFO of
+    one-shot /credits answers, then a default), its keys (most recent first, as the API
+    lists them) and answers scripted per path. Thread-safe through the server's lock."""
+
+    def __init__(self, lock: threading.Lock, api_key: str | None, total_credits: float,
+                 total_usage: float) -> None:
+        self.api_key = api_key
+        self._lock = lock
         self._queue: deque[Resp] = deque()
         self._default = Resp.credits(total_credits, total_usage)
-        self._api_key = api_key
-
-    @property
-    def base_url(self) -> str:
-        """What goes into `[openrouter] base_url`."""
-        return f"{self.origin}/api/v1"
-
-    @property
-    def credits_url(self) -> str:
-        return f"{self.origin}{self.CREDITS_PATH}"
+        self._keys: list[dict[str, Any]] = []
+        self._scripts: list[tuple[str | None, str, deque[Script]]] = []
 
     def set_balance(self, total_credits: Any, total_usage: Any) -> None:
         self.set_default(Resp.credits(total_credits, total_usage))
@@ -339,23 +402,203 @@ class FakeOpenRouter(_LoopbackServer):
 
     @property
     def pending(self) -> int:
-        """How many enqueued answers are still unused."""
+        """How many enqueued /credits answers are still unused."""
         with self._lock:
             return len(self._queue)
+
+    def set_keys(self, items: list[dict[str, Any]]) -> None:
+        """Replace the keys (items as `key_item` builds them), most recent first."""
+        with self._lock:
+            self._keys = [dict(item) for item in items]
+
+    def add_keys(self, *items: dict[str, Any]) -> None:
+        """Create keys in this order: the last becomes the most recent (first on page 1)."""
+        with self._lock:
+            self._keys[:0] = [dict(item) for item in reversed(items)]
+
+    @property
+    def keys(self) -> list[dict[str, Any]]:
+        """A copy of every key, disabled ones included, most recent first."""
+        with self._lock:
+            return [dict(item) for item in self._keys]
+
+    def key(self, name: str) -> dict[str, Any]:
+        """A copy of the key with this name (KeyError if none)."""
+        found = [item for item in self.keys if item.get("name") == name]
+        if not found:
+            raise KeyError(name)
+        return found[0]
+
+    def script(self, path: str, *answers: Script, method: str | None = None) -> None:
+        """One-shot answers for requests to `path`, used in order before the real answer.
+
+        `path` with a query ("/api/v1/keys?offset=100") matches that exact request; without
+        one it matches any query. `method` None matches any method."""
+        with self._lock:
+            self._scripts.append((method, path, deque(answers)))
+
+    def answer(self, request: RecordedRequest) -> Resp:
+        """What this account answers `request` (already routed to it); applies a PATCH."""
+        with self._lock:
+            scripted = self._scripted(request)
+            if isinstance(scripted, Resp):
+                return scripted
+            resp = self._real_answer(request)
+        return resp if scripted is None else scripted(resp)
+
+    def _scripted(self, request: RecordedRequest) -> Script | None:
+        bare = request.path.split("?")[0]
+        for method, path, answers in self._scripts:
+            if answers and method in (None, request.method) and path in (request.path, bare):
+                return answers.popleft()
+        return None
+
+    def _real_answer(self, request: RecordedRequest) -> Resp:
+        bare = request.path.split("?")[0]
+        if bare == FakeOpenRouter.CREDITS_PATH:
+            return self._queue.popleft() if self._queue else self._default
+        if bare == FakeOpenRouter.KEYS_PATH:
+            return self._list(request.path)
+        return self._patch(bare.rsplit("/", 1)[1], request.body)
+
+    def _list(self, path: str) -> Resp:
+        query = parse_qs(urlsplit(path).query)
+        try:
+            offset = int(query.get("offset", ["0"])[0])
+        except ValueError:
+            return _bad_request("offset must be an integer")
+        if offset < 0:
+            return _bad_request("offset must not be negative")
+        listed = self._keys
+        if query.get("include_disabled", ["false"])[0] != "true":
+            listed = [item for item in listed if not item.get("disabled")]
+        return keys_page(listed[offset:offset + KEYS_PAGE])
+
+    def _patch(self, key_hash: str, body: bytes) -> Resp:
+        found = [item for item in self._keys if item.get("hash") == key_hash]
+        if not found:
+            return _not_found()
+        try:
+            change = json.loads(body)
+        except ValueError:
+            return _bad_request("the body is not JSON")
+        if not isinstance(change, dict):
+            return _bad_request("the body is not an object")
+        item = found[0]
+        item.update({name: change[name] for name in _PATCHABLE if name in change})
+        item["updated_at"] = "2025-08-25T09:00:00Z"
+        return Resp.json({"data": dict(item)})
+
+
+class FakeOpenRouter(_LoopbackServer):
+    """Serves GET /api/v1/credits from a FIFO of one-shot answers, then a default.
+
+    With `api_key` set, a request without `Authorization: Bearer <api_key>` gets
+    OpenRouter's 401 and does not consume the queue.
+
+    It also serves GET /api/v1/keys (`offset`, 100 keys a page, disabled keys only with
+    `include_disabled=true`) and PATCH /api/v1/keys/{hash} (applied: a disabled key leaves
+    later pages). Accounts: the one built from the arguments (`default_account`, which the
+    methods here act on) and any added with `add_account`, each reached with its own
+    bearer key. Once an account was added, a key that is none of theirs gets 401, even
+    when `api_key` is None.
+    """
+
+    CREDITS_PATH = "/api/v1/credits"
+    KEYS_PATH = "/api/v1/keys"
+
+    def __init__(self, total_credits: float = 100.0, total_usage: float = 0.0,
+                 api_key: str | None = None) -> None:
+        super().__init__()
+        self._legacy = FakeAccount(self._lock, api_key, total_credits, total_usage)
+        self._accounts: list[FakeAccount] = []
+
+    @property
+    def base_url(self) -> str:
+        """What goes into `[openrouter] base_url`."""
+        return f"{self.origin}/api/v1"
+
+    @property
+    def credits_url(self) -> str:
+        return f"{self.origin}{self.CREDITS_PATH}"
+
+    @property
+    def keys_url(self) -> str:
+        return f"{self.origin}{self.KEYS_PATH}"
+
+    @property
+    def default_account(self) -> FakeAccount:
+        return self._legacy
+
+    def add_account(self, api_key: str, total_credits: float = 100.0, total_usage: float = 0.0,
+                    keys: list[dict[str, Any]] | None = None) -> FakeAccount:
+        """Another account, answering requests that carry `Bearer <api_key>`."""
+        account = FakeAccount(self._lock, api_key, total_credits, total_usage)
+        account.set_keys(keys or [])
+        with self._lock:
+            self._accounts.append(account)
+        return account
+
+    def set_balance(self, total_credits: Any, total_usage: Any) -> None:
+        self._legacy.set_balance(total_credits, total_usage)
+
+    def set_default(self, resp: Resp) -> None:
+        self._legacy.set_default(resp)
+
+    def enqueue(self, *responses: Resp) -> None:
+        self._legacy.enqueue(*responses)
+
+    @property
+    def pending(self) -> int:
+        """How many enqueued answers are still unused."""
+        return self._legacy.pending
+
+    def set_keys(self, items: list[dict[str, Any]]) -> None:
+        self._legacy.set_keys(items)
+
+    def add_keys(self, *items: dict[str, Any]) -> None:
+        self._legacy.add_keys(*items)
+
+    @property
+    def keys(self) -> list[dict[str, Any]]:
+        return self._legacy.keys
+
+    def key(self, name: str) -> dict[str, Any]:
+        return self._legacy.key(name)
+
+    def script(self, path: str, *answers: Script, method: str | None = None) -> None:
+        self._legacy.script(path, *answers, method=method)
+
+    @property
+    def patches(self) -> list[RecordedRequest]:
+        """Every PATCH received (any path, any account), in arrival order."""
+        return [request for request in self.requests if request.method == "PATCH"]
 
     def _dispatch(self, handler: _Handler) -> None:
         request = self._record(handler)
         _write_response(handler, self._answer_for(request), self._stopping)
 
     def _answer_for(self, request: RecordedRequest) -> Resp:
-        if request.method != "GET" or request.path.split("?")[0] != self.CREDITS_PATH:
-            return Resp.json({"error": {"message": "Not Found", "code": 404}}, status=404)
-        wanted = None if self._api_key is None else f"Bearer {self._api_key}"
-        if wanted is not None and request.header("Authorization") != wanted:
-            return Resp.json({"error": {"message": "No auth credentials found", "code": 401}},
-                             status=401)
+        if not self._routed(request):
+            return _not_found()
+        account = self._account_for(request.header("Authorization"))
+        return _unauthorized() if account is None else account.answer(request)
+
+    def _routed(self, request: RecordedRequest) -> bool:
+        bare = request.path.split("?")[0]
+        if request.method == "GET":
+            return bare in (self.CREDITS_PATH, self.KEYS_PATH)
+        head, _, key_hash = bare.rpartition("/")
+        return request.method == "PATCH" and head == self.KEYS_PATH and bool(key_hash)
+
+    def _account_for(self, authorization: str | None) -> FakeAccount | None:
         with self._lock:
-            return self._queue.popleft() if self._queue else self._default
+            for account in self._accounts:
+                if authorization == f"Bearer {account.api_key}":
+                    return account
+            if self._legacy.api_key is None:
+                return None if self._accounts else self._legacy
+        return self._legacy if authorization == f"Bearer {self._legacy.api_key}" else None
 
 
 class CaptureServer(_LoopbackServer):

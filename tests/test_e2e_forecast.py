@@ -150,13 +150,13 @@ def test_status_and_messages_carry_burn_and_runway(tmp_path: Path, run_cli: RunC
     fake_api.set_balance(100, 10)
     _check(run_cli, config)
     time.sleep(1.0)
-    fake_api.set_balance(100, 11)  # $1 in about a second: thousands per hour
+    fake_api.set_balance(100, 14)  # $4 in a few seconds: thousands per hour
     assert _check(run_cli, config) == 1
 
     status: dict[str, Any] = json.loads(run_cli("status", "--json", config=config).stdout)
     assert status["burn_rate_per_hour"] > 1000
     assert 0 < status["runway_hours"] < 1
-    assert abs(status["runway_hours"] - 89 / status["burn_rate_per_hour"]) < 1e-6
+    assert abs(status["runway_hours"] - 86 / status["burn_rate_per_hour"]) < 1e-6
     [message] = webhook.messages
     assert "short-runway" in message["title"]
     assert "Burning $" in message["message"] and "left" in message["message"]

@@ -166,9 +166,9 @@ class Scenario:
     def _check_status(self, now: datetime) -> None:
         view = self.loaded.snapshot(now)
         _assert_sane_forecast(view.figures.burn_per_hour, view.figures.runway_hours, f"status at {now}")
-        doc = json.loads(reports.status_json(view))
+        doc = json.loads(reports.status_json([view]))
         _assert_sane_forecast(doc["burn_rate_per_hour"], doc["runway_hours"], f"status --json at {now}")
-        shown = reports.status_text(view)
+        shown = reports.status_text([view])
         forecast = [line for line in shown.splitlines() if line.startswith(("burn rate", "runway"))]
         assert len(forecast) == 2 and "-" not in " ".join(forecast), shown
 

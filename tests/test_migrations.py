@@ -80,7 +80,9 @@ def test_upgrade_creates_the_indexes_the_queries_rely_on(engine: Engine) -> None
     assert ["delivered_at"] in indexed("outbox")
     uniques = [sorted(u["column_names"]) for u in insp.get_unique_constraints("outbox")]
     assert ["channel", "key"] in uniques
-    assert insp.get_pk_constraint("alert_states")["constrained_columns"] == ["rule"]
+    # One alert per account, rule and (for a per-key rule) key: 0005 widened it from the rule.
+    assert insp.get_pk_constraint("alert_states")["constrained_columns"] == ["account", "rule", "key"]
+    assert insp.get_pk_constraint("rollups")["constrained_columns"] == ["account", "hour"]
 
 
 def test_upgrade_is_idempotent(engine: Engine) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.domain import Evaluation, FetchStreak, Reading
+from worker.domain import ApiKey, Evaluation, FetchStreak, Reading, key_id
 from worker.rules import REGISTRY, RULE_TYPES, Facts, evaluate
 from worker.settings import SettingsError, parse_settings
 from worker.settings_base import RuleBase
@@ -42,10 +42,13 @@ def test_every_type_has_every_part(name: str) -> None:
     assert type(rule) is entry.model
     # Dispatch reaches its evaluator, with and without a reading this tick.
     reading = Reading(NOW, 100.0, 10.0)
+    key = ApiKey(key_id("h"), "h", "ci-runner", "sk-or-v1-abc...xyz", False, 10.0, 1.0, None, 9.0, 9.0,
+                 9.0, 9.0)
     for latest in (reading, None):
-        facts = Facts(NOW, latest, [Reading(NOW - timedelta(hours=1), 100.0, 5.0), reading],
-                      FetchStreak(1, False, "x"))
-        assert isinstance(evaluate(rule, facts), Evaluation)
+        for known, judged in ((False, None), (True, None), (True, key)):
+            facts = Facts(NOW, latest, [Reading(NOW - timedelta(hours=1), 100.0, 5.0), reading],
+                          FetchStreak(1, False, "x"), account="a", key=judged, keys_known=known)
+            assert isinstance(evaluate(rule, facts), Evaluation)
     assert entry.history(rule) >= timedelta(0)
     # The README documents it.
     assert f"**{name}**" in README.read_text(encoding="utf-8")

@@ -89,7 +89,8 @@ def test_config_check_shows_every_section_and_masks_the_heartbeat(
     url = f"https://hc-ping.com/{TOKEN}"
     cfg = make_settings(tmp_path, fake_api, channels={"chat": "json://127.0.0.1:9/hook"},
                         extra='[server]\nlisten = "[::1]:9464"\n[heartbeat]\nurl = "${HEARTBEAT_URL}"\n'
-                              '[logging]\nformat = "json"\n')
+                              '[logging]\nformat = "json"\n[guard]\ndry_run = true\n'
+                              '[[accounts]]\nname = "prod"\napi_key_env = "OPENROUTER_API_KEY"\n')
 
     result = cli(cfg, "config", "check", env={"HEARTBEAT_URL": url})
 

@@ -31,10 +31,10 @@ for = "10m"
 
 def test_only_configured_rules_oldest_first_with_the_severity_in_force() -> None:
     states = {
-        "b": AlertState("b", Status.FIRING, firing_since=T0, summary="b fires"),
-        "a": AlertState("a", Status.FIRING, firing_since=T0 + timedelta(minutes=1)),
-        "gone": AlertState("gone", Status.FIRING, firing_since=T0 - timedelta(days=1)),
-        "slow": AlertState("slow", Status.PENDING, pending_since=T0 + timedelta(minutes=2)),
+        "b": [AlertState("b", Status.FIRING, firing_since=T0, summary="b fires")],
+        "a": [AlertState("a", Status.FIRING, firing_since=T0 + timedelta(minutes=1))],
+        "gone": [AlertState("gone", Status.FIRING, firing_since=T0 - timedelta(days=1))],
+        "slow": [AlertState("slow", Status.PENDING, pending_since=T0 + timedelta(minutes=2))],
     }
     snap = take(T0 + timedelta(minutes=5), figures(None, [], T0, timedelta(hours=6)),
                 timedelta(hours=6), None, SETTINGS.rules, states, {})

@@ -35,6 +35,7 @@ from worker.tables import FetchAttemptRow, OutboxRow, ReadingRow
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
 ME = "thishost:1:1"
+A = "default"  # the account of every row here
 
 OK = FetchOutcome(FetchKind.OK, total_credits=100.0, total_usage=1.0)
 TRANSIENT = FetchOutcome(FetchKind.TRANSIENT, message="timed out after 10s")
@@ -73,7 +74,7 @@ def _record(factory: sessionmaker[Session], outcomes: list[FetchOutcome]) -> lis
     streaks = []
     for i, outcome in enumerate(outcomes):
         with factory.begin() as s:
-            streak = store.record_fetch(s, T0 + timedelta(minutes=i), outcome)
+            streak = store.record_fetch(s, A, T0 + timedelta(minutes=i), outcome)
         streaks.append((streak.failures, streak.auth))
     return streaks
 
@@ -103,8 +104,8 @@ def test_record_fetch_stores_attempts_and_readings_only_for_ok(
     with factory() as s:
         attempts = s.query(FetchAttemptRow).order_by(FetchAttemptRow.id).all()
         readings = s.query(ReadingRow).all()
-        last = store.last_fetch(s)
-        latest = store.latest_reading(s)
+        last = store.last_fetch(s, A)
+        latest = store.latest_reading(s, A)
 
     assert [a.kind for a in attempts] == ["ok", "transient", "auth"]
     assert attempts[0].message is None  # an ok fetch has nothing to say
@@ -119,7 +120,7 @@ def test_a_long_error_message_is_cut_to_the_column(factory: sessionmaker[Session
     _record(factory, [long])
 
     with factory() as s:
-        last = store.last_fetch(s)
+        last = store.last_fetch(s, A)
     assert last is not None and last.message == "x" * 500
 
 
@@ -129,7 +130,7 @@ def test_a_long_error_message_is_cut_to_the_column(factory: sessionmaker[Session
 def _add_readings(factory: sessionmaker[Session], times: list[datetime]) -> None:
     with factory.begin() as s:
         for i, at in enumerate(times):
-            store.record_fetch(s, at, FetchOutcome(FetchKind.OK, total_credits=100.0,
+            store.record_fetch(s, A, at, FetchOutcome(FetchKind.OK, total_credits=100.0,
                                                    total_usage=float(i)))
 
 
@@ -138,10 +139,10 @@ def test_readings_between_is_inclusive_at_both_ends(factory: sessionmaker[Sessio
     _add_readings(factory, [T0 + timedelta(minutes=m) for m in minutes])
 
     with factory() as s:
-        inside = store.readings_between(s, T0 + timedelta(minutes=5), T0 + timedelta(minutes=15))
-        just_outside = store.readings_between(s, T0 + timedelta(minutes=5, microseconds=1),
+        inside = store.readings_between(s, A, T0 + timedelta(minutes=5), T0 + timedelta(minutes=15))
+        just_outside = store.readings_between(s, A, T0 + timedelta(minutes=5, microseconds=1),
                                               T0 + timedelta(minutes=15, microseconds=-1))
-        none = store.readings_between(s, T0 + timedelta(minutes=21), T0 + timedelta(hours=1))
+        none = store.readings_between(s, A, T0 + timedelta(minutes=21), T0 + timedelta(hours=1))
 
     assert [r.fetched_at for r in inside] == [T0 + timedelta(minutes=m) for m in (5, 10, 15)]
     assert [r.fetched_at for r in just_outside] == [T0 + timedelta(minutes=10)]
@@ -156,7 +157,7 @@ def test_readings_between_keeps_the_stored_order_inside_a_time_window(
     _add_readings(factory, times)
 
     with factory() as s:
-        got = store.readings_between(s, T0, T0 + timedelta(hours=1))
+        got = store.readings_between(s, A, T0, T0 + timedelta(hours=1))
 
     assert [r.fetched_at for r in got] == times[:5]
     # the usage values travel with their timestamps
@@ -169,7 +170,7 @@ def test_readings_with_equal_timestamps_come_in_insert_order(
     _add_readings(factory, [T0, T0, T0])
 
     with factory() as s:
-        got = store.readings_between(s, T0, T0)
+        got = store.readings_between(s, A, T0, T0)
 
     assert [r.total_usage for r in got] == [0.0, 1.0, 2.0]
 
@@ -180,7 +181,7 @@ def test_window_bounds_in_another_zone_mean_the_same_instants(
     plus_two = timezone(timedelta(hours=2))
 
     with factory() as s:
-        got = store.readings_between(s, (T0 + timedelta(minutes=30)).astimezone(plus_two),
+        got = store.readings_between(s, A, (T0 + timedelta(minutes=30)).astimezone(plus_two),
                                      (T0 + timedelta(minutes=60)).astimezone(plus_two))
 
     assert [r.fetched_at for r in got] == [T0 + timedelta(minutes=30), T0 + timedelta(minutes=60)]
@@ -193,11 +194,11 @@ def test_aware_datetimes_come_back_aware_in_utc(factory: sessionmaker[Session]) 
     minus_five = timezone(timedelta(hours=-5))
     local = datetime(2026, 11, 25, 5, 30, 15, 123456, tzinfo=minus_five)  # 10:30:15.123456Z
     with factory.begin() as s:
-        store.record_fetch(s, local, OK)
+        store.record_fetch(s, A, local, OK)
 
     with factory() as s:
-        [reading] = store.readings_between(s, T0, T0 + timedelta(hours=1))
-        last = store.last_fetch(s)
+        [reading] = store.readings_between(s, A, T0, T0 + timedelta(hours=1))
+        last = store.last_fetch(s, A)
 
     expected = datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=UTC)
     assert reading.fetched_at == expected
@@ -208,26 +209,26 @@ def test_aware_datetimes_come_back_aware_in_utc(factory: sessionmaker[Session]) 
 
 def test_a_naive_datetime_is_refused(factory: sessionmaker[Session]) -> None:
     with pytest.raises((ValueError, StatementError), match="naive datetime"), factory.begin() as s:
-        store.record_fetch(s, datetime(2026, 11, 25, 10, 0), OK)
+        store.record_fetch(s, A, datetime(2026, 11, 25, 10, 0), OK)
         s.flush()
 
     with factory() as s:
-        assert store.latest_reading(s) is None
-        assert store.last_fetch(s) is None
+        assert store.latest_reading(s, A) is None
+        assert store.last_fetch(s, A) is None
 
 
 def test_a_naive_window_bound_is_refused(factory: sessionmaker[Session]) -> None:
     with factory() as s, pytest.raises((ValueError, StatementError), match="naive datetime"):
-        store.readings_between(s, datetime(2026, 11, 25), T0)
+        store.readings_between(s, A, datetime(2026, 11, 25), T0)
 
 
 # --------------------------------------------------------------------------- alert states
 
 
-def test_missing_states_load_as_inactive(factory: sessionmaker[Session]) -> None:
+def test_only_stored_states_load(factory: sessionmaker[Session]) -> None:
+    """An alert never stored is inactive: the tick starts it from AlertState(rule)."""
     with factory() as s:
-        states = store.load_states(s, ["a", "b"])
-    assert states == {"a": AlertState(rule="a"), "b": AlertState(rule="b")}
+        assert store.load_states(s, A) == {}
 
 
 def test_save_then_load_round_trips_and_updates_in_place(factory: sessionmaker[Session]) -> None:
@@ -239,10 +240,9 @@ def test_save_then_load_round_trips_and_updates_in_place(factory: sessionmaker[S
         store.save_state(s, firing, Severity.CRITICAL, T0 + timedelta(minutes=10))
 
     with factory() as s:
-        loaded = store.load_states(s, ["low-balance", "other"])
-    assert loaded["low-balance"] == firing
-    assert loaded["other"] == AlertState(rule="other")
-    since = loaded["low-balance"].firing_since
+        loaded = store.load_states(s, A)
+    assert loaded == {("low-balance", ""): firing}
+    since = loaded[("low-balance", "")].firing_since
     assert since == T0 + timedelta(minutes=10) and since.utcoffset() == timedelta(0)
 
     resolved = AlertState(rule="low-balance", status=Status.INACTIVE, period=3)
@@ -250,7 +250,7 @@ def test_save_then_load_round_trips_and_updates_in_place(factory: sessionmaker[S
         store.save_state(s, resolved, Severity.CRITICAL, T0 + timedelta(minutes=20))
 
     with factory() as s:
-        assert store.load_states(s, ["low-balance"]) == {"low-balance": resolved}
+        assert store.load_states(s, A) == {("low-balance", ""): resolved}
         assert s.execute(text("SELECT count(*) FROM alert_states")).scalar() == 1
 
 
@@ -459,11 +459,11 @@ def _store_queries(engine: Engine, factory: sessionmaker[Session]) -> dict[str, 
     seen, grab = _capture_selects(engine)
     try:
         with factory() as s:
-            store.readings_between(s, T0 + timedelta(hours=10), T0 + timedelta(hours=11))
+            store.readings_between(s, A, T0 + timedelta(hours=10), T0 + timedelta(hours=11))
         window = [q for q in seen if "FROM readings" in q[0]]
         seen.clear()
         with factory() as s:
-            store.last_fetch(s)
+            store.last_fetch(s, A)
         latest = [q for q in seen if "FROM fetch_attempts" in q[0]]
     finally:
         event.remove(engine, "before_cursor_execute", grab)

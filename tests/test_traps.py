@@ -314,10 +314,10 @@ def test_control_a_deferred_read_then_write_fails_under_a_concurrent_writer(
     try:
         with store.sessions(reader_engine)() as reader:
             reader.begin()
-            store.last_fetch(reader)  # read: the transaction now holds a snapshot
+            store.last_fetch(reader, "default")  # read: the transaction now holds a snapshot
             with store.tick_transaction(store.sessions(writer_engine)) as writer:
-                store.record_fetch(writer, T0, OK)  # another process writes and commits
-            store.record_fetch(reader, T0 + timedelta(minutes=1), OK)
+                store.record_fetch(writer, "default", T0, OK)  # another process writes and commits
+            store.record_fetch(reader, "default", T0 + timedelta(minutes=1), OK)
             started = time.monotonic()
             with pytest.raises(OperationalError, match="database is locked"):
                 reader.flush()
@@ -336,7 +336,7 @@ def test_begin_immediate_makes_the_same_interleaving_wait_instead(migrated_sqlit
         read_done.wait(5)
         try:
             with store.tick_transaction(store.sessions(writer_engine)) as session:
-                store.record_fetch(session, T0, OK)
+                store.record_fetch(session, "default", T0, OK)
         except Exception as err:  # noqa: BLE001 - reported by the assertion below
             errors.append(err)
 
@@ -344,10 +344,10 @@ def test_begin_immediate_makes_the_same_interleaving_wait_instead(migrated_sqlit
     thread.start()
     try:
         with store.tick_transaction(store.sessions(reader_engine)) as reader:
-            store.last_fetch(reader)
+            store.last_fetch(reader, "default")
             read_done.set()
             time.sleep(0.3)  # the writer is blocked on BEGIN IMMEDIATE meanwhile
-            store.record_fetch(reader, T0 + timedelta(minutes=1), OK)
+            store.record_fetch(reader, "default", T0 + timedelta(minutes=1), OK)
         thread.join(10)
         assert errors == []
         with reader_engine.connect() as conn:

@@ -13,14 +13,16 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from worker import db, heartbeat, store
 from worker.delivery import Sender, inspect_in_child
+from worker.domain import AlertState
 from worker.errors import ConfigError, RuntimeProblem
 from worker.heartbeat import heartbeat_secrets
 from worker.migrate import URL_VARIABLE
@@ -28,6 +30,7 @@ from worker.openrouter import Endpoint, new_session
 from worker.outbox import Config, Outbox
 from worker.redact import Redactor, UrlInfo, channel_problem, credentials, inspect_url
 from worker.retention import Retention
+from worker.sendpolicy import Backlog
 from worker.settings import Settings
 from worker.snapshot import Snapshot, TickReport, figures, take
 from worker.text import escape_controls
@@ -47,19 +50,33 @@ class App:
         """One tick at wall-clock `now`; database errors propagate."""
         return run_tick(self.deps, now)
 
-    def snapshot(self, now: datetime) -> Snapshot:
-        """What `status` shows, read from the database as of `now`."""
+    def snapshot(self, now: datetime, account: str | None = None) -> Snapshot:
+        """What `status` shows of one account (the first watched, unless named), read from the
+        database as of `now`."""
+        return self.snapshots(now, [account or self.settings.watched[0].name])[0]
+
+    def snapshots(self, now: datetime, accounts: list[str] | None = None) -> list[Snapshot]:
+        """What `status` shows of each account (every watched one unless named), read from the
+        database as of `now`."""
         settings = self.settings
         window = settings.forecast.window
+        names = accounts if accounts is not None else [a.name for a in settings.watched]
         with self.deps.sessions() as session:
-            latest = store.latest_reading(session)
-            history = store.forecast_history(session, now - window, now)
-            states = store.load_states(session, [r.name for r in settings.rules])
-            last = store.last_fetch(session)
             backlog = store.backlog(session)
+            shown = [self._snapshot(session, name, now, window, backlog) for name in names]
+        return shown
+
+    def _snapshot(self, session: Session, account: str, now: datetime, window: timedelta,
+                  backlog: list[Backlog]) -> Snapshot:
+        latest = store.latest_reading(session, account)
+        history = store.forecast_history(session, account, now - window, now)
+        states: dict[str, list[AlertState]] = {}
+        for (rule, _), state in store.load_states(session, account).items():
+            states.setdefault(rule, []).append(state)
+        keys = sorted(store.load_keys(session, account).values(), key=lambda k: (k.name, k.id))
         waiting = {b.channel: b.waiting for b in backlog}
-        return take(now, figures(latest, history, now, window), window, last, settings.rules, states,
-                    waiting, backlog)
+        return take(now, figures(latest, history, now, window), window, store.last_fetch(session, account),
+                    self.settings.rules_for(account), states, waiting, backlog, account=account, keys=keys)
 
     @property
     def worst_tick_seconds(self) -> float:
@@ -113,15 +130,14 @@ def build(settings: Settings, environ: Mapping[str, str], *, redact: Redactor | 
     """Validate what settings alone cannot (the key, each channel URL), register every secret
     with `redact`, and wire the service; ConfigError lists every problem. Nothing is written."""
     redact = redact if redact is not None else Redactor()
-    redact.add([environ.get(settings.openrouter.api_key_env, ""),
+    redact.add([*(environ.get(a.api_key_env, "") for a in settings.watched),
                 *credentials(settings.database.url.get_secret_value()), *heartbeat_secrets(settings)])
     infos = _inspect(settings, inspect_in_child)
     for info in infos:
         redact.add(info.secrets)
     problems = [line for i, (channel, info) in enumerate(zip(settings.channels, infos, strict=True))
                 if (line := channel_problem(i, channel.name, info))]
-    key_problem = settings.openrouter.key_problem(environ) if need_key else None
-    problems += [key_problem] if key_problem else []
+    problems += settings.key_problems(environ) if need_key else []
     if problems:
         raise ConfigError([redact(p) for p in problems])
     engine = engine if engine is not None else _engine(settings, redact)
@@ -157,13 +173,14 @@ def _engine(settings: Settings, redact: Redactor) -> Engine:
 
 def _deps(settings: Settings, environ: Mapping[str, str], engine: Engine, redact: Redactor) -> Deps:
     o = settings.openrouter
-    endpoint = Endpoint(o.base_url, environ.get(o.api_key_env, ""), o.timeout.total_seconds())
+    endpoints = {a.name: Endpoint(o.base_url, environ.get(a.api_key_env, ""), o.timeout.total_seconds())
+                 for a in settings.watched}
     sessions = store.sessions(engine)
     channels = {c.name: c.url.get_secret_value() for c in settings.channels}
     outbox = Outbox(sessions, channels, redact, outbox_config(settings), sender_factory(settings))
     d = settings.database
     retention = Retention(sessions, d.keep_raw, d.keep_rollups)
-    return Deps(settings, sessions, new_session(), endpoint, outbox, retention, redact)
+    return Deps(settings, sessions, new_session(), endpoints, outbox, retention, redact)
 
 
 def outbox_config(settings: Settings) -> Config:
@@ -173,5 +190,6 @@ def outbox_config(settings: Settings) -> Config:
 
 def sender_factory(settings: Settings) -> Callable[[str, str, float], Sender]:
     """Sender children run in this process's environment, minus the API key they never need."""
-    child_env = {k: v for k, v in os.environ.items() if k != settings.openrouter.api_key_env}
+    keys = {settings.openrouter.api_key_env, *(a.api_key_env for a in settings.watched)}
+    child_env = {k: v for k, v in os.environ.items() if k not in keys}
     return lambda name, url, timeout: Sender(name, url, timeout, child_env)

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="stored balance history, oldest first")
     history.add_argument("--since", default="7d", metavar="DURATION", help='how far back (default "7d")')
     history.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    history.add_argument("--account", metavar="NAME", help="the account's history (default: the first)")
     notify = sub.add_parser("notify-test", help="send a test notification to one channel or all")
     notify.add_argument("--channel", metavar="NAME", help="only this channel")
     db = sub.add_parser("db", help="database maintenance")

@@ -132,24 +132,35 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[in
     app = load(args, environ)
     _require_schema(app)
     try:
-        snap = app.snapshot(db.now_utc())
+        snaps = app.snapshots(db.now_utc())
     except SQLAlchemyError as err:
         raise app.database_problem(err) from None
-    return 0, status_json(snap) if args.json else status_text(snap)
+    return 0, status_json(snaps) if args.json else status_text(snaps)
 
 
 def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     since = parse_since(args.since)
     app = load(args, environ)
+    account = _account(app, args.account)
     _require_schema(app)
     now = db.now_utc()
     try:
         with app.deps.sessions() as session:
-            readings: list[Reading] = store.history_between(session, now - since, now)
+            readings: list[Reading] = store.history_between(session, account, now - since, now)
     except SQLAlchemyError as err:
         raise app.database_problem(err) from None
     render = {"json": history_json, "csv": history_csv, "table": history_table}[args.format]
     return 0, render(readings)
+
+
+def _account(app: App, name: str | None) -> str:
+    """The account a command shows: the one named, else the first watched."""
+    names = [a.name for a in app.settings.watched]
+    if name is None:
+        return names[0]
+    if name not in names:
+        raise UsageError(f"--account: no account named {name!r} (accounts: {', '.join(names)})")
+    return name
 
 
 # -- notify-test, db upgrade, config check ---------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
 
@@ -44,6 +45,45 @@ class Figures:
     latest: Reading | None
     burn_per_hour: float | None
     runway_hours: float | None
+
+
+def key_id(key_hash: str) -> str:
+    """A stable id for an API key that reveals nothing of it: 16 hex digits of SHA-256."""
+    return hashlib.sha256(key_hash.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One API key of an account, as `GET /keys` describes it. `id` is a digest of its hash
+    (stable, and safe to store and show); the hash itself is kept only in memory, for the
+    guard's PATCH, and never printed."""
+
+    id: str
+    hash: str = field(repr=False)  # identifies the key to the API; never shown or logged
+    name: str
+    label: str
+    disabled: bool
+    limit: float | None
+    limit_remaining: float | None
+    limit_reset: str | None
+    usage: float
+    usage_daily: float
+    usage_weekly: float
+    usage_monthly: float
+
+    @property
+    def shown(self) -> str:
+        """How every message and output names the key: its name and the API's masked label."""
+        return f"{self.name} ({self.label})" if self.label and self.label != self.name else self.name
+
+    @property
+    def remaining(self) -> float | None:
+        """What is left of its limit; None without a limit."""
+        if self.limit is None:
+            return None
+        if self.limit_remaining is not None:
+            return self.limit_remaining
+        return max(0.0, self.limit - self.usage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +147,9 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AlertState:
-    """Where one rule's alert stands; `period` counts the times it has started firing."""
+    """Where one alert stands: a rule's, for one account, and for one API key when the rule
+    is per key (`key` is the key's id, `key_name` how outputs name it); `period` counts the
+    times it has started firing."""
 
     rule: str
     status: Status = Status.INACTIVE
@@ -117,6 +159,13 @@ class AlertState:
     period: int = 0
     repeats: int = 0
     summary: str = ""
+    account: str = "default"
+    key: str = ""
+    key_name: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        return (self.account, self.rule, self.key)
 
     @property
     def firing(self) -> bool:
@@ -153,3 +202,25 @@ class Message:
     body: str
     notify_type: str
     key: str
+    account: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An API key as stored: its figures at `seen_at`, the last time they were written."""
+
+    id: str
+    name: str
+    label: str
+    limit: float | None
+    limit_remaining: float | None
+    limit_reset: str | None
+    usage: float
+    usage_daily: float
+    usage_weekly: float
+    usage_monthly: float
+    seen_at: datetime
+
+    @property
+    def shown(self) -> str:
+        return f"{self.name} ({self.label})" if self.label and self.label != self.name else self.name

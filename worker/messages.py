@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +17,7 @@ NOTIFY_TYPES = {
     Severity.INFO: "info",
 }
 RESOLVED_TYPE = "success"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,28 +29,38 @@ class Rendered:
 
 
 def render(
-    state: AlertState, reason: Reason, severity: Severity, ctx: Figures, now: datetime
+    state: AlertState, reason: Reason, severity: Severity, ctx: Figures, now: datetime, *,
+    named: bool = False, notes: Sequence[str] = (),
 ) -> Rendered:
-    """The notification for `reason` on `state` (which is the state after the step)."""
-    key = idempotency_key(state, reason)
+    """The notification for `reason` on `state` (which is the state after the step); `named`:
+    the account is named (several are watched); `notes` are lines to add (what the guard did)."""
+    key = idempotency_key(state, reason, named)
+    who = subject(state, named)
     if reason is Reason.RESOLVED:
-        title = f"[RESOLVED] creditwatch: {state.rule} resolved"
-        head = f"{state.rule} is resolved" + (f": {state.summary}." if state.summary else ".")
-        return Rendered(title, _body(head, ctx, key), RESOLVED_TYPE, key)
+        title = f"[RESOLVED] creditwatch: {who} resolved"
+        head = f"{who} is resolved" + (f": {state.summary}." if state.summary else ".")
+        return Rendered(title, _body(head, ctx, key, notes), RESOLVED_TYPE, key)
     label = severity.value.upper()
     still = " (still firing)" if reason is Reason.REPEAT else ""
-    title = f"[{label}] creditwatch: {state.rule}{still}"
-    head = f"{state.rule} is firing: {state.summary}."
+    title = f"[{label}] creditwatch: {who}{still}"
+    head = f"{who} is firing: {state.summary}."
     if reason is Reason.REPEAT and state.firing_since is not None:
         head += f" Firing for {format_duration(now - state.firing_since)}."
-    return Rendered(title, _body(head, ctx, key), NOTIFY_TYPES[severity], key)
+    return Rendered(title, _body(head, ctx, key, notes), NOTIFY_TYPES[severity], key)
 
 
-def _body(head: str, ctx: Figures, key: str) -> str:
+def subject(state: AlertState, named: bool) -> str:
+    """What the alert is about: `[account: ]rule[ for key]`."""
+    text = f"{state.account}: {state.rule}" if named else state.rule
+    return f"{text} for key {state.key_name}" if state.key else text
+
+
+def _body(head: str, ctx: Figures, key: str, notes: Sequence[str]) -> str:
     lines = [head, balance_line(ctx)]
     forecast = forecast_line(ctx)
     if forecast:
         lines.append(forecast)
+    lines += notes
     lines.append(f"ref: {key}")
     return "\n".join(lines)
 
@@ -71,7 +84,12 @@ def forecast_line(ctx: Figures) -> str:
     return text + "."
 
 
-def idempotency_key(state: AlertState, reason: Reason) -> str:
-    """Stable per transition, so a receiver can spot the rare duplicate after a crash."""
+def idempotency_key(state: AlertState, reason: Reason, named: bool = False) -> str:
+    """Stable per transition, so a receiver can spot the rare duplicate after a crash:
+    `[account/]rule[[key~id]]#period/transition`."""
     suffix = f"repeat-{state.repeats}" if reason is Reason.REPEAT else reason.value
-    return f"{state.rule}#{state.period}/{suffix}"
+    alert = f"{state.account}/{state.rule}" if named else state.rule
+    if state.key:
+        name = _UNSAFE.sub("-", state.key_name.split(" (", 1)[0])[:40]
+        alert += f"[{name}~{state.key[:6]}]"
+    return f"{alert}#{state.period}/{suffix}"

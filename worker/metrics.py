@@ -33,7 +33,7 @@ class Metrics:
     def __init__(self, rules: Sequence[RuleBase], channels: Sequence[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
+        self._snapshots: tuple[Snapshot, ...] = ()
         self._rules = tuple(rules)
         self._channels = tuple(channels)
         self.leader: bool | None = None  # None: no lease in use
@@ -60,18 +60,18 @@ class Metrics:
                                 ("dropped", delivery.dropped)):
             for channel, n in counts.items():
                 self._notifications.labels(channel, outcome).inc(n)
-        self.show(report.snapshot)
+        self.show(report.snapshots)
 
-    def show(self, snapshot: Snapshot) -> None:
+    def show(self, snapshots: Sequence[Snapshot]) -> None:
         with self._lock:
-            self._snapshot = snapshot
+            self._snapshots = tuple(snapshots)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def snapshot(self) -> Snapshot | None:
+    def snapshots(self) -> tuple[Snapshot, ...]:
         with self._lock:
-            return self._snapshot
+            return self._snapshots
 
 
 class _FromSnapshot(Collector):
@@ -88,38 +88,40 @@ class _FromSnapshot(Collector):
         if m.leader is not None:
             yield _gauge("creditwatch_leader", "1 on the replica that leads, 0 on a standby.", [],
                          [([], float(m.leader))])
-        snap = m.snapshot()
-        if snap is None:
+        snaps = m.snapshots()
+        if not snaps:
             return
-        yield from _balance(snap)
-        firing = {a.rule for a in snap.firing}
-        yield _gauge("creditwatch_alert_firing", "1 while the rule's alert fires, else 0.",
-                     ["account", "rule", "severity"],
-                     [([snap.account, r.name, r.severity.value], float(r.name in firing)) for r in m._rules])
+        yield from _balances(snaps)
+        yield _gauge("creditwatch_alert_firing", "1 while the rule's alert fires (for any key of a "
+                     "per-key rule), else 0.", ["account", "rule", "severity"],
+                     [([s.account, r.name, r.severity.value], float(r.name in {a.rule for a in s.firing}))
+                      for s in snaps for r in m._rules if r.applies_to(s.account)])
+        waiting = snaps[0].waiting
         yield _gauge("creditwatch_outbox_pending", "Notifications waiting for delivery.", ["channel"],
-                     [([c], float(snap.waiting.get(c, 0))) for c in m._channels])
+                     [([c], float(waiting.get(c, 0))) for c in m._channels])
 
 
-def _balance(snap: Snapshot) -> Iterable[Metric]:
+def _balances(snaps: Sequence[Snapshot]) -> Iterable[Metric]:
+    """One series per account; an account whose figure is unknown has no sample of it."""
+    known = [s for s in snaps if s.latest is not None]
     labels = ["account"]
-    account = [snap.account]
-    latest, f = snap.latest, snap.figures
-    if latest is not None:
-        yield _gauge("creditwatch_remaining_usd", "total_credits - total_usage at the last reading.",
-                     labels, [(account, latest.remaining)])
-        yield _gauge("creditwatch_total_credits_usd", "total_credits at the last reading.", labels,
-                     [(account, latest.total_credits)])
-        yield _gauge("creditwatch_total_usage_usd", "total_usage at the last reading.", labels,
-                     [(account, latest.total_usage)])
-        yield _gauge("creditwatch_last_success_timestamp_seconds",
-                     "Unix time of the last successful balance fetch.", labels,
-                     [(account, latest.fetched_at.timestamp())])
-    if f.burn_per_hour is not None:
-        yield _gauge("creditwatch_burn_rate_usd_per_hour", "Spend per hour over [forecast] window.",
-                     labels, [(account, f.burn_per_hour)])
-    if f.runway_hours is not None:
-        yield _gauge("creditwatch_runway_seconds", "Forecast time until the balance reaches zero.",
-                     labels, [(account, f.runway_hours * 3600)])
+    series = (
+        ("creditwatch_remaining_usd", "total_credits - total_usage at the last reading.",
+         [([s.account], s.latest.remaining) for s in known if s.latest]),
+        ("creditwatch_total_credits_usd", "total_credits at the last reading.",
+         [([s.account], s.latest.total_credits) for s in known if s.latest]),
+        ("creditwatch_total_usage_usd", "total_usage at the last reading.",
+         [([s.account], s.latest.total_usage) for s in known if s.latest]),
+        ("creditwatch_last_success_timestamp_seconds", "Unix time of the last successful balance fetch.",
+         [([s.account], s.latest.fetched_at.timestamp()) for s in known if s.latest]),
+        ("creditwatch_burn_rate_usd_per_hour", "Spend per hour over [forecast] window.",
+         [([s.account], s.figures.burn_per_hour) for s in snaps if s.figures.burn_per_hour is not None]),
+        ("creditwatch_runway_seconds", "Forecast time until the balance reaches zero.",
+         [([s.account], s.figures.runway_hours * 3600) for s in snaps if s.figures.runway_hours is not None]),
+    )
+    for name, documentation, samples in series:
+        if samples:
+            yield _gauge(name, documentation, labels, samples)
 
 
 def _gauge(name: str, documentation: str, labels: list[str],

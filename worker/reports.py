@@ -10,18 +10,38 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from worker.domain import FetchRecord, Reading, Reason
+from worker.domain import FetchRecord, KeyRecord, Reading, Reason
 from worker.formatting import format_duration, hours_text, iso, money, rate
 from worker.sendpolicy import Backlog
-from worker.snapshot import AlertView, Snapshot, TickReport
+from worker.settings_base import DEFAULT_ACCOUNT
+from worker.snapshot import AlertView, Snapshot, TickReport, Transition
+
+TOP_KEYS = 5  # keys listed by `status` (text): the biggest spenders today
 
 # -- status --json ------------------------------------------------------------------------------
 
 
-def status_json(snap: Snapshot) -> str:
-    r = snap.latest
-    f = snap.figures
+def status_json(snaps: Sequence[Snapshot]) -> str:
+    """The first account's figures at the top level (all of them when one account is watched),
+    and every account under `accounts`; the outbox is shared."""
+    first = snaps[0]
     doc: dict[str, Any] = {
+        **_account_json(first),
+        "alerts": [_alert_json(a) for s in snaps for a in s.firing],
+        "pending": [_pending_json(a) for s in snaps for a in s.pending],
+        "undelivered_notifications": first.undelivered,
+        "outbox": [_backlog_json(b) for b in first.backlog],
+        "accounts": [{**_account_json(s), "alerts": [_alert_json(a) for a in s.firing],
+                      "pending": [_pending_json(a) for a in s.pending],
+                      "keys": [_key_json(k) for k in s.keys]} for s in snaps],
+    }
+    return dumps(doc)
+
+
+def _account_json(snap: Snapshot) -> dict[str, Any]:
+    r, f = snap.latest, snap.figures
+    return {
+        "account": snap.account,
         "fetched_at": iso(r.fetched_at) if r else None,
         "total_credits": r.total_credits if r else None,
         "total_usage": r.total_usage if r else None,
@@ -30,21 +50,24 @@ def status_json(snap: Snapshot) -> str:
         "runway_hours": f.runway_hours,
         "forecast_window": format_duration(snap.window),
         "last_fetch": _last_fetch(snap.last_fetch),
-        "alerts": [_alert_json(a) for a in snap.firing],
-        "pending": [_pending_json(a) for a in snap.pending],
-        "undelivered_notifications": snap.undelivered,
-        "outbox": [_backlog_json(b) for b in snap.backlog],
     }
-    return dumps(doc)
+
+
+def _key_json(k: KeyRecord) -> dict[str, Any]:
+    return {"id": k.id, "name": k.name, "label": k.label, "limit": k.limit,
+            "limit_remaining": k.limit_remaining, "limit_reset": k.limit_reset, "usage": k.usage,
+            "usage_daily": k.usage_daily, "usage_weekly": k.usage_weekly, "usage_monthly": k.usage_monthly,
+            "seen_at": iso(k.seen_at)}
 
 
 def _alert_json(a: AlertView) -> dict[str, Any]:
-    return {"rule": a.rule, "severity": a.severity.value, "since": _iso(a.since), "message": a.summary}
+    doc = {"rule": a.rule, "severity": a.severity.value, "since": _iso(a.since), "message": a.summary,
+           "account": a.account}
+    return doc | ({"key": a.key} if a.key else {})
 
 
 def _pending_json(a: AlertView) -> dict[str, Any]:
-    return {"rule": a.rule, "severity": a.severity.value, "since": _iso(a.since),
-            "fires_at": _iso(a.fires_at), "message": a.summary}
+    return _alert_json(a) | {"fires_at": _iso(a.fires_at)}
 
 
 def _backlog_json(b: Backlog) -> dict[str, Any]:
@@ -86,7 +109,22 @@ def _finite(value: Any) -> Any:
 # -- status (text) ------------------------------------------------------------------------------
 
 
-def status_text(snap: Snapshot) -> str:
+def status_text(snaps: Sequence[Snapshot]) -> str:
+    """One block per account (headed by its name when several are watched), then the outbox."""
+    named = len(snaps) > 1 or snaps[0].account != DEFAULT_ACCOUNT
+    lines: list[str] = []
+    for snap in snaps:
+        if named:
+            lines += ([""] if lines else []) + [_row("account", snap.account)]
+        lines += _account_text(snap)
+    backlog = snaps[0].backlog
+    if backlog:
+        lines.append(_row("outbox", f"{snaps[0].undelivered} notification(s) waiting for delivery"))
+        lines += [_backlog_text(b) for b in backlog]
+    return "\n".join(lines)
+
+
+def _account_text(snap: Snapshot) -> list[str]:
     r = snap.latest
     f = snap.figures
     window = format_duration(snap.window)
@@ -99,16 +137,19 @@ def status_text(snap: Snapshot) -> str:
         _row("last fetch", _fetch_text(snap.last_fetch)),
     ]
     lines.append(_row("alerts", f"{len(snap.firing)} firing" if snap.firing else "none firing"))
-    lines += [f"  {a.severity.value.upper():<8} {a.rule} since {_iso(a.since) or '?'}: {a.summary}"
+    lines += [f"  {a.severity.value.upper():<8} {a.subject} since {_iso(a.since) or '?'}: {a.summary}"
               for a in snap.firing]
     if snap.pending:
         lines.append(_row("pending", f"{len(snap.pending)} pending"))
-        lines += [f"  {a.severity.value.upper():<8} {a.rule} since {_iso(a.since) or '?'}, fires at "
+        lines += [f"  {a.severity.value.upper():<8} {a.subject} since {_iso(a.since) or '?'}, fires at "
                   f"{_iso(a.fires_at) or '?'} if it still holds: {a.summary}" for a in snap.pending]
-    if snap.backlog:
-        lines.append(_row("outbox", f"{snap.undelivered} notification(s) waiting for delivery"))
-        lines += [_backlog_text(b) for b in snap.backlog]
-    return "\n".join(lines)
+    if snap.keys:
+        top = sorted(snap.keys, key=lambda k: k.usage_daily, reverse=True)[:TOP_KEYS]
+        lines.append(_row("keys", f"{len(snap.keys)} watched; most spent today (UTC):"))
+        lines += [f"  {k.shown}: {money(k.usage_daily)} today, {money(k.usage_monthly)} this month"
+                  + (f", {money(k.limit_remaining or 0.0)} of {money(k.limit)} left" if k.limit is not None
+                     else "") for k in top]
+    return lines
 
 
 def _row(label: str, value: str) -> str:
@@ -137,40 +178,69 @@ def _backlog_text(b: Backlog) -> str:
 
 
 def check_line(report: TickReport) -> str:
-    """The Nagios plugin line: `CREDITWATCH <STATE> - <text> | <perfdata>`."""
-    snap, outcome = report.snapshot, report.outcome
-    parts = []
-    if snap.latest is not None:
-        parts.append(f"{money(snap.latest.remaining)} remaining")
-    if snap.figures.burn_per_hour is not None:
-        parts.append(f"burning {rate(snap.figures.burn_per_hour)}")
-    if snap.figures.runway_hours is not None:
-        parts.append(f"about {hours_text(snap.figures.runway_hours)} left")
-    if not outcome.ok:
-        parts.append(f"fetch failed: {outcome.message}")
-    firing = ", ".join(f"{a.rule} ({a.severity.value})" for a in snap.firing)
-    parts.append(f"firing: {firing}" if firing else "nothing firing")
-    if snap.pending:
-        parts.append("pending: " + ", ".join(f"{a.rule} ({a.severity.value})" for a in snap.pending))
-    perf = f" | remaining={snap.latest.remaining:.2f}" if snap.latest else ""
-    return f"CREDITWATCH {report.exit_code.name} - {'; '.join(parts)}{perf}"
+    """The Nagios plugin line: `CREDITWATCH <STATE> - <text> | <perfdata>`; with several
+    accounts, each account's figures are prefixed with its name."""
+    named = len(report.accounts) > 1
+    parts: list[str] = []
+    perf: list[str] = []
+    for tick in report.accounts:
+        snap, outcome = tick.snapshot, tick.outcome
+        prefix = f"{snap.account}: " if named else ""
+        figures = []
+        if snap.latest is not None:
+            figures.append(f"{money(snap.latest.remaining)} remaining")
+            perf.append(f"{snap.account + '_' if named else ''}remaining={snap.latest.remaining:.2f}")
+        if snap.figures.burn_per_hour is not None:
+            figures.append(f"burning {rate(snap.figures.burn_per_hour)}")
+        if snap.figures.runway_hours is not None:
+            figures.append(f"about {hours_text(snap.figures.runway_hours)} left")
+        if not outcome.ok:
+            figures.append(f"fetch failed: {outcome.message}")
+        if figures:
+            parts.append(prefix + ("; " if not named else ", ").join(figures))
+    firing = [a for s in report.snapshots for a in s.firing]
+    pending = [a for s in report.snapshots for a in s.pending]
+    parts.append("firing: " + ", ".join(_named(a, named) for a in firing) if firing else "nothing firing")
+    if pending:
+        parts.append("pending: " + ", ".join(_named(a, named) for a in pending))
+    shown = f" | {' '.join(perf)}" if perf else ""
+    return f"CREDITWATCH {report.exit_code.name} - {'; '.join(parts)}{shown}"
+
+
+def _named(a: AlertView, named: bool) -> str:
+    who = f"{a.account}/{a.subject}" if named else a.subject
+    return f"{who} ({a.severity.value})"
 
 
 def summary_line(report: TickReport) -> str:
     """The one log line per tick."""
-    snap, outcome = report.snapshot, report.outcome
-    balance = money(snap.latest.remaining) if snap.latest else "unknown"
-    tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
-    fetch = "ok" if outcome.ok else f"{outcome.kind.value} ({outcome.message}{tries})"
+    named = len(report.accounts) > 1
+    fetches = []
+    balances = []
+    for tick in report.accounts:
+        outcome, latest = tick.outcome, tick.snapshot.latest
+        tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+        fetch = "ok" if outcome.ok else f"{outcome.kind.value} ({outcome.message}{tries})"
+        keys = getattr(tick.keys, "ok", True)
+        if outcome.ok and not keys:
+            fetch = f"keys-{tick.keys.kind.value} ({tick.keys.message})"  # type: ignore[union-attr]
+        balance = money(latest.remaining) if latest else "unknown"
+        fetches.append(f"{tick.account}:{fetch}" if named else fetch)
+        balances.append(f"{tick.account}:{balance}" if named else balance)
 
     def names(reason: Reason) -> str:
-        return ",".join(t.rule for t in report.transitions if t.reason is reason) or "-"
+        return ",".join(_transition(t, named) for t in report.transitions if t.reason is reason) or "-"
 
     return (
-        f"tick fetch={fetch} balance={balance} duration={report.seconds:.2f}s "
+        f"tick fetch={' '.join(fetches)} balance={' '.join(balances)} duration={report.seconds:.2f}s "
         f"fired={names(Reason.FIRST)} repeated={names(Reason.REPEAT)} resolved={names(Reason.RESOLVED)} "
         f"delivered={report.delivered} failed={report.failed}"
     )
+
+
+def _transition(t: Transition, named: bool) -> str:
+    who = f"{t.account}/{t.rule}" if named else t.rule
+    return f"{who}[{t.key}]" if t.key else who
 
 
 # -- history ------------------------------------------------------------------------------------

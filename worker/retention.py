@@ -23,6 +23,7 @@ class Pruned:
     rollups: int = 0
     attempts: int = 0
     outbox: int = 0
+    key_readings: int = 0
 
     def __add__(self, other: Pruned) -> Pruned:
         return Pruned(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(), strict=True)))
@@ -47,6 +48,7 @@ def _one_batch(session: Session, raw_cutoff: datetime, rollup_cutoff: datetime) 
         rollups=store.delete_rollups_before(session, rollup_cutoff, BATCH),
         attempts=store.delete_attempts_before(session, raw_cutoff, BATCH),
         outbox=store.delete_finished_messages_before(session, raw_cutoff, BATCH),
+        key_readings=store.delete_key_readings_before(session, raw_cutoff, BATCH),
     )
 
 

@@ -25,7 +25,7 @@ from worker.rules import (
     ThresholdRule,
     history_span,
 )
-from worker.settings_base import Duration, Model, RuleBase, check_name
+from worker.settings_base import DEFAULT_ACCOUNT, Duration, Model, RuleBase, check_name
 from worker.settings_checks import (
     ENV_NAME,
     TOO_DEEP,
@@ -254,6 +254,31 @@ class Logging(Model):
     format: Literal["text", "json"] = "text"
 
 
+class Account(Model):
+    """One OpenRouter account: its name in every output, and the variable holding its key."""
+
+    name: str
+    api_key_env: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not ENV_NAME.match(value):
+            msg = "must be the name of an environment variable, such as OPENROUTER_PROD_KEY"
+            raise ValueError(msg)
+        return value
+
+class Guard(Model):
+    """Whether rules with `disable_keys = true` really disable keys (off unless dry_run = false)."""
+
+    dry_run: Annotated[bool, Field(strict=True)] = True
+
+
 class Channel(Model):
     name: str
     url: SecretStr
@@ -288,8 +313,34 @@ class Settings(Model):
     server: Server = Server()
     heartbeat: Heartbeat = Heartbeat()
     logging: Logging = Logging()
+    guard: Guard = Guard()
+    accounts: tuple[Account, ...] = ()
     channels: tuple[Channel, ...] = ()
     rules: tuple[Rule, ...] = ()
+
+    @property
+    def watched(self) -> tuple[Account, ...]:
+        """The accounts watched: those of [[accounts]], else one named "default" whose key is
+        [openrouter] api_key_env's."""
+        return self.accounts or (Account(name=DEFAULT_ACCOUNT, api_key_env=self.openrouter.api_key_env),)
+
+    @property
+    def several_accounts(self) -> bool:
+        """Whether [[accounts]] is in use: then every message and output names the account."""
+        return bool(self.accounts)
+
+    def rules_for(self, account: str) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.applies_to(account))
+
+    def key_problems(self, environ: Mapping[str, str]) -> list[str]:
+        """Why the API key of each watched account cannot be used (unset, empty, not printable
+        ASCII), one line each naming the setting and the variable, never the value."""
+        if not self.accounts:
+            problem = self.openrouter.key_problem(environ)
+            return [problem] if problem else []
+        found = (key_problem(a.api_key_env, environ.get(a.api_key_env, ""), f"accounts[{i}].api_key_env")
+                 for i, a in enumerate(self.accounts))
+        return [p for p in found if p]
 
     def channels_for(self, rule: RuleBase) -> tuple[str, ...]:
         """The channels a rule notifies: its own list, or every channel."""

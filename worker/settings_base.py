@@ -65,6 +65,7 @@ class RuleBase(Model):
     type: str
     severity: Severity = Severity.WARNING
     channels: tuple[str, ...] | None = None
+    accounts: tuple[str, ...] | None = None
     for_: Duration | None = Field(default=None, alias="for")
 
     @field_validator("name")
@@ -79,6 +80,18 @@ class RuleBase(Model):
             msg = "must name at least one channel (leave it out to notify every channel)"
             raise ValueError(msg)
         return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _some_account(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            msg = "must name at least one account (leave it out to watch every account)"
+            raise ValueError(msg)
+        return value
+
+    def applies_to(self, account: str) -> bool:
+        """Whether this rule watches `account` (its own list, or every account)."""
+        return self.accounts is None or account in self.accounts
 
     @property
     def pending_for(self) -> timedelta:

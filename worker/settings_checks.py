@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.rules import RULE_TYPES
+from worker.settings_base import DEFAULT_ACCOUNT
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR = re.compile(r"\$\{([^}]*)\}|\$\$")
@@ -155,15 +156,31 @@ def cross_check(doc: Any, sourced: Sourced) -> list[str]:
     problems show up beside any validation errors."""
     channels = _named_tables(doc, "channels")
     rules = _named_tables(doc, "rules")
+    accounts = _named_tables(doc, "accounts")
     problems = _duplicates("channels", [t.get("name") for t in channels], sourced)
     problems += _duplicates("rules", [t.get("name") for t in rules], sourced)
-    known = {t.get("name") for t in channels if isinstance(t.get("name"), str)}
+    problems += _duplicates("accounts", [t.get("name") for t in accounts], sourced)
+    known = _names(channels)
+    # Without [[accounts]], the one account from [openrouter] is called "default".
+    watched = _names(accounts) if accounts else {DEFAULT_ACCOUNT}
     for i, rule in enumerate(rules):
-        wanted = rule.get("channels")
-        for j, name in enumerate(wanted if isinstance(wanted, list) else []):
-            if isinstance(name, str) and name not in known:
-                path = f"rules[{i}].channels[{j}]"
-                problems.append(f"{path}: undefined channel{_quoted(name, path, sourced)}")
+        problems += _undefined(rule, i, "channels", known, "channel", sourced)
+        problems += _undefined(rule, i, "accounts", watched, "account", sourced)
+    return problems
+
+
+def _names(tables: list[dict[str, Any]]) -> set[str]:
+    return {t["name"] for t in tables if isinstance(t.get("name"), str)}
+
+
+def _undefined(rule: dict[str, Any], i: int, field: str, known: set[str], what: str,
+               sourced: Sourced) -> list[str]:
+    wanted = rule.get(field)
+    problems = []
+    for j, name in enumerate(wanted if isinstance(wanted, list) else []):
+        if isinstance(name, str) and name not in known:
+            path = f"rules[{i}].{field}[{j}]"
+            problems.append(f"{path}: undefined {what}{_quoted(name, path, sourced)}")
     return problems
 
 
@@ -192,9 +209,10 @@ def _duplicates(section: str, names: list[Any], sourced: Sourced) -> list[str]:
     return problems
 
 
-def key_problem(variable: str, value: str) -> str | None:
-    """Why the API key held in `variable` cannot be used, naming the variable, never the value."""
-    where = f"openrouter.api_key_env: environment variable {variable}"
+def key_problem(variable: str, value: str, setting: str = "openrouter.api_key_env") -> str | None:
+    """Why the API key held in `variable` cannot be used, naming the setting and the variable,
+    never the value."""
+    where = f"{setting}: environment variable {variable}"
     if not value:
         return f"{where} is not set or empty (it must hold an OpenRouter management key)"
     if _KEY_CHARS.fullmatch(value):

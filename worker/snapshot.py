@@ -8,7 +8,7 @@ and renders the result; burn and runway are computed here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from worker.domain import (
@@ -17,6 +17,7 @@ from worker.domain import (
     FetchOutcome,
     FetchRecord,
     Figures,
+    KeyRecord,
     Reading,
     Reason,
     Severity,
@@ -37,7 +38,8 @@ def figures(latest: Reading | None, history: Sequence[Reading], now: datetime, w
 
 @dataclass(frozen=True, slots=True)
 class AlertView:
-    """A firing or pending alert as outputs show it; `fires_at` only while pending."""
+    """A firing or pending alert as outputs show it; `fires_at` only while pending; `key` (the
+    key's name and masked label) only for a per-key rule."""
 
     rule: str
     severity: Severity
@@ -45,11 +47,18 @@ class AlertView:
     since: datetime | None
     summary: str
     fires_at: datetime | None = None
+    account: str = DEFAULT_ACCOUNT
+    key: str = ""
+
+    @property
+    def subject(self) -> str:
+        """The rule, and the key it is about: `key-near-limit[ci-runner (sk-or...)]`."""
+        return f"{self.rule}[{self.key}]" if self.key else self.rule
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything `status` shows, as of `now`."""
+    """Everything `status` shows of one account, as of `now`."""
 
     now: datetime
     figures: Figures
@@ -57,9 +66,10 @@ class Snapshot:
     last_fetch: FetchRecord | None
     firing: tuple[AlertView, ...]
     pending: tuple[AlertView, ...]
-    waiting: Mapping[str, int]  # undelivered messages per channel
+    waiting: Mapping[str, int]  # undelivered messages per channel (of every account)
     backlog: tuple[Backlog, ...] = ()  # each waiting channel's oldest message (status only)
     account: str = DEFAULT_ACCOUNT
+    keys: tuple[KeyRecord, ...] = ()  # the account's keys as last read (status only)
 
     @property
     def latest(self) -> Reading | None:
@@ -71,48 +81,85 @@ class Snapshot:
 
 
 def take(now: datetime, figures: Figures, window: timedelta, last_fetch: FetchRecord | None,
-         rules: Iterable[RuleBase], states: Mapping[str, AlertState], waiting: Mapping[str, int],
-         backlog: Sequence[Backlog] = ()) -> Snapshot:
-    """The snapshot of `states` under the rules in force (their severity and `for`, in case
-    the settings were edited while an alert fires); alerts of rules no longer configured
-    are left out."""
+         rules: Iterable[RuleBase], states: Mapping[str, Sequence[AlertState]], waiting: Mapping[str, int],
+         backlog: Sequence[Backlog] = (), *, account: str = DEFAULT_ACCOUNT,
+         keys: Sequence[KeyRecord] = ()) -> Snapshot:
+    """The snapshot of `states` (by rule) under the rules in force (their severity and `for`,
+    in case the settings were edited while an alert fires); alerts of rules no longer
+    configured are left out."""
     firing: list[AlertView] = []
     pending: list[AlertView] = []
     for rule in rules:
-        state = states.get(rule.name)
-        if state is None or state.status is Status.INACTIVE:
-            continue
-        if state.status is Status.FIRING:
-            firing.append(AlertView(rule.name, rule.severity, state.status, state.firing_since,
-                                    state.summary))
-        else:
-            since = state.pending_since
-            fires_at = since + rule.pending_for if since is not None else None
-            pending.append(AlertView(rule.name, rule.severity, state.status, since, state.summary,
-                                     fires_at))
+        for state in states.get(rule.name, ()):
+            if state.status is Status.FIRING:
+                firing.append(AlertView(rule.name, rule.severity, state.status, state.firing_since,
+                                        state.summary, account=account, key=state.key_name))
+            elif state.status is Status.PENDING:
+                since = state.pending_since
+                fires_at = since + rule.pending_for if since is not None else None
+                pending.append(AlertView(rule.name, rule.severity, state.status, since, state.summary,
+                                         fires_at, account, state.key_name))
     return Snapshot(now, figures, window, last_fetch, _oldest_first(firing), _oldest_first(pending),
-                    dict(waiting), tuple(backlog))
+                    dict(waiting), tuple(backlog), account, tuple(keys))
 
 
 def _oldest_first(alerts: list[AlertView]) -> tuple[AlertView, ...]:
-    return tuple(sorted(alerts, key=lambda a: (a.since is None, a.since or datetime.min, a.rule)))
+    return tuple(sorted(alerts, key=lambda a: (a.since is None, a.since or datetime.min, a.rule, a.key)))
 
 
 @dataclass(frozen=True)
 class Transition:
     rule: str
     reason: Reason
+    account: str = DEFAULT_ACCOUNT
+    key: str = ""  # the key's name, for a per-key rule
+
+
+@dataclass(frozen=True)
+class AccountTick:
+    """What one tick did for one account."""
+
+    account: str
+    outcome: FetchOutcome  # the balance fetch
+    keys: object | None  # the keys fetch (openrouter.KeysOutcome), when a per-key rule needs it
+    snapshot: Snapshot
+    transitions: tuple[Transition, ...]
+
+    @property
+    def read_ok(self) -> bool:
+        """The balance, and the keys when needed, were read."""
+        return self.outcome.ok and (self.keys is None or bool(getattr(self.keys, "ok", False)))
+
+    def with_waiting(self, waiting: Mapping[str, int]) -> AccountTick:
+        return replace(self, snapshot=replace(self.snapshot, waiting=dict(waiting)))
 
 
 @dataclass(frozen=True)
 class TickReport:
-    """What one tick did, and the snapshot every output of it renders."""
+    """What one tick did for every account, and the snapshots every output of it renders.
+    The one-account properties (`outcome`, `snapshot`, `latest`...) speak of the first account."""
 
-    outcome: FetchOutcome
-    snapshot: Snapshot
-    transitions: list[Transition]
+    accounts: tuple[AccountTick, ...]
     delivery: Counts
     seconds: float
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.accounts[0].snapshot
+
+    @property
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        return tuple(a.snapshot for a in self.accounts)
+
+    @property
+    def outcome(self) -> FetchOutcome:
+        """The first failed balance fetch of any account, else the first account's."""
+        failed = [a.outcome for a in self.accounts if not a.outcome.ok]
+        return failed[0] if failed else self.accounts[0].outcome
+
+    @property
+    def transitions(self) -> list[Transition]:
+        return [t for a in self.accounts for t in a.transitions]
 
     @property
     def latest(self) -> Reading | None:
@@ -128,7 +175,7 @@ class TickReport:
 
     @property
     def firing(self) -> list[tuple[str, Severity]]:
-        return [(a.rule, a.severity) for a in self.snapshot.firing]
+        return [(a.rule, a.severity) for s in self.snapshots for a in s.firing]
 
     @property
     def delivered(self) -> int:
@@ -140,4 +187,6 @@ class TickReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        return exit_code((a.severity for a in self.snapshot.firing), self.outcome.ok)
+        """Most severe firing alert of any account; UNKNOWN when an account's balance could not
+        be read and nothing firing says more."""
+        return exit_code((sev for _, sev in self.firing), all(a.outcome.ok for a in self.accounts))

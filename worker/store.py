@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, delete, func, select, text, update
+from sqlalchemy import ColumnElement, Engine, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import PG_TICK_LOCK
@@ -19,14 +19,24 @@ from worker.domain import (
     FetchOutcome,
     FetchRecord,
     FetchStreak,
+    KeyRecord,
     Message,
     Reading,
     Severity,
     Status,
 )
+from worker.keybook import KeyPlan
 from worker.rollup import Rollup, fold, hour_of
 from worker.sendpolicy import UNDELIVERED, Backlog, Head, OutboxStatus, Outgoing
-from worker.tables import AlertStateRow, FetchAttemptRow, OutboxRow, ReadingRow, RollupRow
+from worker.tables import (
+    AlertStateRow,
+    ApiKeyRow,
+    FetchAttemptRow,
+    KeyReadingRow,
+    OutboxRow,
+    ReadingRow,
+    RollupRow,
+)
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
@@ -42,57 +52,74 @@ def tick_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def record_fetch(session: Session, now: datetime, outcome: FetchOutcome) -> FetchStreak:
-    """Store the attempt (and the reading when ok); return the failure streak it makes."""
-    previous = session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
+def record_fetch(session: Session, account: str, now: datetime, outcome: FetchOutcome,
+                 attempt: FetchOutcome | None = None) -> FetchStreak:
+    """Store the account's attempt, and its reading when the balance was read; return the
+    failure streak it makes. `attempt` is how the tick's reading went when it differs from the
+    balance fetch's own outcome (the keys could not be read)."""
+    attempt = attempt or outcome
+    previous = session.scalars(
+        select(FetchAttemptRow).where(FetchAttemptRow.account == account)
+        .order_by(FetchAttemptRow.id.desc()).limit(1)
+    ).first()
+    if outcome.ok:
+        timeline = _timeline_for(session, account, now)
+        session.add(ReadingRow(account=account, fetched_at=now, total_credits=outcome.total_credits,
+                               total_usage=outcome.total_usage, timeline=timeline))
+    outcome = attempt
     if outcome.ok:
         streak = FetchStreak()
-        session.add(ReadingRow(fetched_at=now, total_credits=outcome.total_credits,
-                               total_usage=outcome.total_usage, timeline=_timeline_for(session, now)))
     else:
         before = previous.streak if previous else 0
         auth_before = bool(previous and previous.streak_auth)
         streak = FetchStreak(before + 1, auth_before or outcome.kind is FetchKind.AUTH, outcome.message)
     session.add(
         FetchAttemptRow(
-            at=now, kind=outcome.kind.value, message=outcome.message[:500] or None,
+            account=account, at=now, kind=outcome.kind.value, message=outcome.message[:500] or None,
             streak=streak.failures, streak_auth=streak.auth,
         )
     )
     return streak
 
 
-def _timeline_for(session: Session, now: datetime) -> int:
-    latest = _latest_row(session)
+def _timeline_for(session: Session, account: str, now: datetime) -> int:
+    """The timeline of a reading stored at `now`: the clock-step mechanism. A reading stored
+    more than CLOCK_STEP before the one stored before it starts a new timeline."""
+    latest = _latest_row(session, account)
     if latest is None:
         return 0
     stepped_back = now < latest.fetched_at - CLOCK_STEP
     return latest.timeline + 1 if stepped_back else latest.timeline
 
 
-def _latest_row(session: Session) -> ReadingRow | None:
-    return session.scalars(select(ReadingRow).order_by(ReadingRow.id.desc()).limit(1)).first()
+def _latest_row(session: Session, account: str) -> ReadingRow | None:
+    return session.scalars(
+        select(ReadingRow).where(ReadingRow.account == account).order_by(ReadingRow.id.desc()).limit(1)
+    ).first()
 
 
-def last_fetch(session: Session) -> FetchRecord | None:
-    """The newest fetch attempt, ok or not."""
-    row = session.scalars(select(FetchAttemptRow).order_by(FetchAttemptRow.id.desc()).limit(1)).first()
+def last_fetch(session: Session, account: str) -> FetchRecord | None:
+    """The account's newest fetch attempt, ok or not."""
+    row = session.scalars(
+        select(FetchAttemptRow).where(FetchAttemptRow.account == account)
+        .order_by(FetchAttemptRow.id.desc()).limit(1)
+    ).first()
     return FetchRecord(row.at, FetchKind(row.kind), row.message) if row else None
 
 
-def latest_reading(session: Session) -> Reading | None:
-    row = _latest_row(session)
+def latest_reading(session: Session, account: str) -> Reading | None:
+    row = _latest_row(session, account)
     return _reading(row) if row else None
 
 
-def readings_between(session: Session, start: datetime, end: datetime,
+def readings_between(session: Session, account: str, start: datetime, end: datetime,
                      timeline: int | None = None) -> list[Reading]:
-    """Readings with start <= fetched_at <= end in the order they were stored (which
-    is time order unless the wall clock stepped back): an index range scan."""
+    """The account's readings with start <= fetched_at <= end in the order they were stored
+    (which is time order unless the wall clock stepped back): an index range scan."""
     # Plain columns, not ORM objects: building ~360 objects a tick was most of its cost.
     query = (
         select(ReadingRow.fetched_at, ReadingRow.total_credits, ReadingRow.total_usage)
-        .where(ReadingRow.fetched_at >= start, ReadingRow.fetched_at <= end)
+        .where(ReadingRow.fetched_at >= start, ReadingRow.fetched_at <= end, ReadingRow.account == account)
         .order_by(ReadingRow.id)
     )
     if timeline is not None:
@@ -100,33 +127,35 @@ def readings_between(session: Session, start: datetime, end: datetime,
     return [Reading(at, credits, usage) for at, credits, usage in session.execute(query)]
 
 
-def history_between(session: Session, start: datetime, end: datetime) -> list[Reading]:
+def history_between(session: Session, account: str, start: datetime, end: datetime) -> list[Reading]:
     """Readings in the window, reaching into hourly rollups where raw data has been folded."""
-    raw = readings_between(session, start, end)
-    # MIN over an indexed column is one index probe on SQLite and PostgreSQL.
-    oldest = session.scalar(select(func.min(ReadingRow.fetched_at)))
-    return _with_rollups(session, raw, oldest, start, end)
+    raw = readings_between(session, account, start, end)
+    # MIN over an indexed column: an index walk from the oldest row to the account's first.
+    oldest = session.scalar(select(func.min(ReadingRow.fetched_at)).where(ReadingRow.account == account))
+    return _with_rollups(session, account, raw, oldest, start, end)
 
 
-def forecast_history(session: Session, start: datetime, end: datetime) -> list[Reading]:
+def forecast_history(session: Session, account: str, start: datetime, end: datetime) -> list[Reading]:
     """The window as the forecast sees it: only the readings stored since the wall
     clock last stepped back (and rollups only while it never has)."""
-    latest = _latest_row(session)
+    latest = _latest_row(session, account)
     if latest is None:
         return []
-    raw = readings_between(session, start, end, latest.timeline)
+    raw = readings_between(session, account, start, end, latest.timeline)
     if latest.timeline > 0:
         return raw
-    oldest = session.scalar(select(func.min(ReadingRow.fetched_at)).where(ReadingRow.timeline == 0))
-    return _with_rollups(session, raw, oldest, start, end)
+    oldest = session.scalar(select(func.min(ReadingRow.fetched_at))
+                            .where(ReadingRow.account == account, ReadingRow.timeline == 0))
+    return _with_rollups(session, account, raw, oldest, start, end)
 
 
-def _with_rollups(session: Session, raw: list[Reading], oldest: datetime | None,
+def _with_rollups(session: Session, account: str, raw: list[Reading], oldest: datetime | None,
                   start: datetime, end: datetime) -> list[Reading]:
     if oldest is not None and oldest <= start:
         return raw  # the raw data covers the whole window: the common case
     until = end if oldest is None else min(end, oldest)
-    older = [p for p in _rollup_points(session, start, until) if oldest is None or p.fetched_at < oldest]
+    older = [p for p in _rollup_points(session, account, start, until)
+             if oldest is None or p.fetched_at < oldest]
     return older + raw
 
 
@@ -134,11 +163,10 @@ def _reading(row: ReadingRow) -> Reading:
     return Reading(row.fetched_at, row.total_credits, row.total_usage)
 
 
-def load_states(session: Session, rules: Iterable[str]) -> dict[str, AlertState]:
-    names = list(rules)
-    rows = session.scalars(select(AlertStateRow).where(AlertStateRow.rule.in_(names)))
-    found = {row.rule: _state(row) for row in rows}
-    return {name: found.get(name, AlertState(rule=name)) for name in names}
+def load_states(session: Session, account: str) -> dict[tuple[str, str], AlertState]:
+    """Every stored alert of the account, by (rule, key); an alert not stored is inactive."""
+    rows = session.scalars(select(AlertStateRow).where(AlertStateRow.account == account))
+    return {(row.rule, row.key): _state(row) for row in rows}
 
 
 def _state(row: AlertStateRow) -> AlertState:
@@ -146,11 +174,14 @@ def _state(row: AlertStateRow) -> AlertState:
         rule=row.rule, status=Status(row.status), pending_since=row.pending_since,
         firing_since=row.firing_since, last_sent_at=row.last_sent_at,
         period=row.period, repeats=row.repeats, summary=row.summary,
+        account=row.account, key=row.key, key_name=row.key_name,
     )
 
 
 def save_state(session: Session, state: AlertState, severity: Severity, now: datetime) -> None:
-    row = session.get(AlertStateRow, state.rule) or AlertStateRow(rule=state.rule)
+    row = session.get(AlertStateRow, state.identity) or AlertStateRow(
+        account=state.account, rule=state.rule, key=state.key)
+    row.key_name = state.key_name[:300]
     row.status = state.status.value
     row.severity = severity.value
     row.pending_since = state.pending_since
@@ -167,7 +198,7 @@ def enqueue(session: Session, messages: Sequence[Message], now: datetime) -> Non
     for m in messages:
         session.add(
             OutboxRow(
-                created_at=now, rule=m.rule, channel=m.channel, reason=m.reason.value,
+                created_at=now, account=m.account, rule=m.rule, channel=m.channel, reason=m.reason.value,
                 severity=m.severity.value, key=m.key, title=m.title, body=m.body,
                 notify_type=m.notify_type, status=OutboxStatus.PENDING.value, attempts=0,
             )
@@ -305,19 +336,23 @@ def backlog_counts(session: Session) -> dict[str, int]:
 
 
 def fold_readings_before(session: Session, cutoff: datetime, batch: int) -> int:
-    """Fold up to `batch` of the oldest readings before `cutoff` into their hourly rollups."""
+    """Fold up to `batch` of the oldest readings before `cutoff` into their accounts' hourly rollups."""
     rows = session.execute(
-        select(ReadingRow.id, ReadingRow.fetched_at, ReadingRow.total_credits, ReadingRow.total_usage)
+        select(ReadingRow.id, ReadingRow.account, ReadingRow.fetched_at, ReadingRow.total_credits,
+               ReadingRow.total_usage)
         .where(ReadingRow.fetched_at < cutoff).order_by(ReadingRow.fetched_at).limit(batch)
     ).all()
     if not rows:
         return 0
-    readings = [Reading(at, credits, usage) for _, at, credits, usage in rows]
-    hours = {hour_of(r.fetched_at) for r in readings}
-    existing = {row.hour: _rollup(row) for row in session.scalars(
-        select(RollupRow).where(RollupRow.hour.in_(hours)))}
-    for roll in fold(readings, existing).values():
-        session.merge(RollupRow(**asdict(roll)))
+    by_account: dict[str, list[Reading]] = {}
+    for _, account, at, credits, usage in rows:
+        by_account.setdefault(account, []).append(Reading(at, credits, usage))
+    for account, readings in by_account.items():
+        hours = {hour_of(r.fetched_at) for r in readings}
+        existing = {row.hour: _rollup(row) for row in session.scalars(
+            select(RollupRow).where(RollupRow.account == account, RollupRow.hour.in_(hours)))}
+        for roll in fold(readings, existing).values():
+            session.merge(RollupRow(account=account, **asdict(roll)))
     session.execute(delete(ReadingRow).where(ReadingRow.id.in_([r.id for r in rows])))
     return len(rows)
 
@@ -354,10 +389,11 @@ def _delete_batch(session: Session, table: Any, condition: ColumnElement[bool], 
     return len(ids)
 
 
-def _rollup_points(session: Session, start: datetime, end: datetime) -> list[Reading]:
-    """Readings reconstructed from rollups whose hour overlaps [start, end], oldest first."""
+def _rollup_points(session: Session, account: str, start: datetime, end: datetime) -> list[Reading]:
+    """Readings reconstructed from the account's rollups whose hour overlaps [start, end], oldest first."""
     rows = session.scalars(
-        select(RollupRow).where(RollupRow.hour >= start - timedelta(hours=1), RollupRow.hour <= end)
+        select(RollupRow).where(RollupRow.account == account, RollupRow.hour >= start - timedelta(hours=1),
+                                RollupRow.hour <= end)
         .order_by(RollupRow.hour)
     )
     return [p for row in rows for p in _rollup(row).points() if start <= p.fetched_at <= end]
@@ -365,3 +401,45 @@ def _rollup_points(session: Session, start: datetime, end: datetime) -> list[Rea
 
 def _rollup(row: RollupRow) -> Rollup:
     return Rollup(**{f: getattr(row, f) for f in Rollup.__dataclass_fields__})
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+def load_keys(session: Session, account: str) -> dict[str, KeyRecord]:
+    """The account's keys as last written, by id."""
+    rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.account == account))
+    return {row.key_id: _key_record(row) for row in rows}
+
+
+def _key_record(row: ApiKeyRow) -> KeyRecord:
+    return KeyRecord(row.key_id, row.name, row.label, row.limit, row.limit_remaining, row.limit_reset,
+                     row.usage, row.usage_daily, row.usage_weekly, row.usage_monthly, row.seen_at)
+
+
+def save_keys(session: Session, account: str, planned: KeyPlan) -> None:
+    """Write the plan: current rows upserted, a history row each, forgotten keys deleted."""
+    if planned.gone:
+        session.execute(delete(ApiKeyRow).where(ApiKeyRow.account == account,
+                                                ApiKeyRow.key_id.in_(planned.gone)))
+    if not planned.write:
+        return
+    ids = [r.id for r in planned.write]
+    session.execute(delete(ApiKeyRow).where(ApiKeyRow.account == account, ApiKeyRow.key_id.in_(ids)))
+    current = [_key_row(account, r) for r in planned.write]
+    session.execute(insert(ApiKeyRow), current)
+    history = [{k: v for k, v in row.items() if k not in ("name", "label", "limit_reset", "seen_at")}
+               | {"fetched_at": row["seen_at"]} for row in current]
+    session.execute(insert(KeyReadingRow), history)
+
+
+def _key_row(account: str, r: KeyRecord) -> dict[str, Any]:
+    return {"account": account, "key_id": r.id, "name": r.name[:200], "label": r.label[:100],
+            "limit": r.limit, "limit_remaining": r.limit_remaining, "limit_reset": r.limit_reset,
+            "usage": r.usage, "usage_daily": r.usage_daily, "usage_weekly": r.usage_weekly,
+            "usage_monthly": r.usage_monthly, "seen_at": r.seen_at}
+
+
+def delete_key_readings_before(session: Session, cutoff: datetime, batch: int) -> int:
+    return _delete_batch(session, KeyReadingRow, KeyReadingRow.fetched_at < cutoff, KeyReadingRow.fetched_at,
+                         batch)

@@ -8,6 +8,7 @@ from sqlalchemy import Boolean, Double, Index, Integer, String, Text, UniqueCons
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigId, UTCDateTime
+from worker.settings_base import DEFAULT_ACCOUNT
 
 
 class ReadingRow(Base):
@@ -16,6 +17,8 @@ class ReadingRow(Base):
     __tablename__ = "readings"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # No index of its own: with a few accounts, a fetched_at range holds a few times the rows.
+    account: Mapped[str] = mapped_column(String(64), default=DEFAULT_ACCOUNT, server_default=DEFAULT_ACCOUNT)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     total_credits: Mapped[float] = mapped_column(Double)
     total_usage: Mapped[float] = mapped_column(Double)
@@ -31,6 +34,7 @@ class FetchAttemptRow(Base):
     __tablename__ = "fetch_attempts"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(64), default=DEFAULT_ACCOUNT, server_default=DEFAULT_ACCOUNT)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     kind: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(String(500))
@@ -39,11 +43,16 @@ class FetchAttemptRow(Base):
 
 
 class AlertStateRow(Base):
-    """Where each rule's alert stands, so restarts never repeat a notification early."""
+    """Where each alert stands (a rule's, per account, per key for per-key rules), so restarts
+    never repeat a notification early. Inactive alerts without history are never stored."""
 
     __tablename__ = "alert_states"
 
+    account: Mapped[str] = mapped_column(String(64), primary_key=True, server_default=DEFAULT_ACCOUNT)
     rule: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The key's id for a per-key rule, "" for a rule of the whole account.
+    key: Mapped[str] = mapped_column(String(32), primary_key=True, server_default="")
+    key_name: Mapped[str] = mapped_column(String(300), default="", server_default="")
     status: Mapped[str] = mapped_column(String(16))
     severity: Mapped[str] = mapped_column(String(16))
     pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -66,6 +75,7 @@ class OutboxRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    account: Mapped[str] = mapped_column(String(64), default=DEFAULT_ACCOUNT, server_default=DEFAULT_ACCOUNT)
     rule: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(16))
@@ -93,6 +103,8 @@ class RollupRow(Base):
 
     __tablename__ = "rollups"
 
+    account: Mapped[str] = mapped_column(String(64), primary_key=True, default=DEFAULT_ACCOUNT,
+                                         server_default=DEFAULT_ACCOUNT)
     hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
     first_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -105,3 +117,41 @@ class RollupRow(Base):
     usage_last: Mapped[float] = mapped_column(Double)
     usage_min: Mapped[float] = mapped_column(Double)
     usage_max: Mapped[float] = mapped_column(Double)
+
+
+class ApiKeyRow(Base):
+    """An account's API key as last read from GET /keys (one row a key, updated on change).
+    `key_id` is a digest of the key's hash: the hash itself is never stored."""
+
+    __tablename__ = "api_keys"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(100))
+    limit: Mapped[float | None] = mapped_column(Double)
+    limit_remaining: Mapped[float | None] = mapped_column(Double)
+    limit_reset: Mapped[str | None] = mapped_column(String(32))
+    usage: Mapped[float] = mapped_column(Double)
+    usage_daily: Mapped[float] = mapped_column(Double)
+    usage_weekly: Mapped[float] = mapped_column(Double)
+    usage_monthly: Mapped[float] = mapped_column(Double)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the last tick that listed it
+
+
+class KeyReadingRow(Base):
+    """A key's figures at a tick where they changed (or an hour after the last such row):
+    its history, pruned after keep_raw like the balance's raw readings."""
+
+    __tablename__ = "key_readings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    limit: Mapped[float | None] = mapped_column(Double)
+    limit_remaining: Mapped[float | None] = mapped_column(Double)
+    usage: Mapped[float] = mapped_column(Double)
+    usage_daily: Mapped[float] = mapped_column(Double)
+    usage_weekly: Mapped[float] = mapped_column(Double)
+    usage_monthly: Mapped[float] = mapped_column(Double)

@@ -13,21 +13,26 @@ from datetime import timedelta
 from typing import Any
 
 from worker.domain import Evaluation
-from worker.rules import burn_rate, fetch_failure, runway, threshold
+from worker.rules import burn_rate, fetch_failure, key_limit, key_spend, runway, threshold
 from worker.rules.base import Facts, RuleType
 from worker.rules.burn_rate import BurnRateRule
 from worker.rules.fetch_failure import FetchFailureRule
+from worker.rules.key_limit import KeyLimitRule
+from worker.rules.key_spend import KeySpendRule
+from worker.rules.keyrules import KeyRuleBase
 from worker.rules.runway import RunwayRule
 from worker.rules.threshold import ThresholdRule
 from worker.settings_base import RuleBase
 
 REGISTRY: dict[str, RuleType[Any]] = {
-    t.name: t for t in (threshold.TYPE, burn_rate.TYPE, runway.TYPE, fetch_failure.TYPE)
+    t.name: t for t in (threshold.TYPE, burn_rate.TYPE, runway.TYPE, fetch_failure.TYPE, key_limit.TYPE,
+                        key_spend.TYPE)
 }
 RULE_TYPES = tuple(REGISTRY)
 
-__all__ = ["REGISTRY", "RULE_TYPES", "BurnRateRule", "Facts", "FetchFailureRule", "RuleType",
-           "RunwayRule", "ThresholdRule", "evaluate", "history_span"]
+__all__ = ["REGISTRY", "RULE_TYPES", "BurnRateRule", "Facts", "FetchFailureRule", "KeyLimitRule",
+           "KeyRuleBase", "KeySpendRule", "RuleType", "RunwayRule", "ThresholdRule", "evaluate",
+           "history_span", "is_per_key"]
 
 
 def evaluate(rule: RuleBase, facts: Facts) -> Evaluation:
@@ -38,3 +43,8 @@ def evaluate(rule: RuleBase, facts: Facts) -> Evaluation:
 def history_span(rules: Iterable[RuleBase], floor: timedelta) -> timedelta:
     """How far back any of `rules` looks, and at least `floor` (the status forecast's window)."""
     return max([floor, *(REGISTRY[r.type].history(r) for r in rules)])
+
+
+def is_per_key(rule: RuleBase) -> bool:
+    """Whether the rule is judged once per API key (so its account's keys must be read)."""
+    return REGISTRY[rule.type].per_key

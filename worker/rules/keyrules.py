@@ -1,0 +1,41 @@
+"""What the per-key rule types share: which keys a rule watches, the guard's switch, and the
+facts of a key that is gone."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from worker.domain import ApiKey, Condition, Evaluation
+from worker.rules.base import Facts
+from worker.settings_base import RuleBase
+
+
+class KeyRuleBase(RuleBase):
+    """A rule judged once per API key; `keys` are globs over key names and labels."""
+
+    keys: tuple[str, ...] = ("*",)
+    disable_keys: Annotated[bool, Field(strict=True)] = False
+
+    @field_validator("keys")
+    @classmethod
+    def _some_key(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(not glob for glob in value):
+            msg = 'must list at least one glob such as "ci-*" (leave it out to watch every key)'
+            raise ValueError(msg)
+        return value
+
+    def watches(self, key: ApiKey) -> bool:
+        return any(fnmatchcase(key.name, glob) or fnmatchcase(key.label, glob) for glob in self.keys)
+
+
+def unjudged(facts: Facts) -> Evaluation | None:
+    """The verdict when there is no key to judge: unknown if the keys could not be read this
+    tick (keep the alert as it was), resolved if the key is gone or disabled."""
+    if not facts.keys_known:
+        return Evaluation(Condition.UNKNOWN)
+    if facts.key is None or facts.key.disabled:
+        return Evaluation(Condition.FALSE, "the key is gone or disabled")
+    return None
