@@ -48,14 +48,9 @@ def _start(
     if now - since < policy.pending_for:
         pending = replace(prev, status=Status.PENDING, pending_since=since, summary=evaluation.summary)
         return pending, Reason.NONE
-    state = AlertState(
-        rule=prev.rule,
-        status=Status.FIRING,
-        firing_since=now,
-        last_sent_at=now,
-        period=prev.period + 1,
-        summary=evaluation.summary,
-    )
+    # The alert's identity (rule, account, key) carries over; its firing period starts anew.
+    state = replace(prev, status=Status.FIRING, pending_since=None, firing_since=now, last_sent_at=now,
+                    period=prev.period + 1, repeats=0, summary=evaluation.summary)
     return state, Reason.FIRST
 
 
