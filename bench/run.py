@@ -22,6 +22,7 @@ from pathlib import Path
 
 import clibench
 import hostilebench
+import keysbench
 import machine
 import memorybench
 import tickbench
@@ -30,7 +31,7 @@ from profiling import profile
 from table import Figure, median, render_table
 from testbed import servers
 
-PARTS = ("tick", "memory", "cli", "year", "hostile", "imports")
+PARTS = ("tick", "keys", "memory", "cli", "year", "hostile", "imports")
 OUT = Path(__file__).with_name(".out")
 
 
@@ -58,6 +59,12 @@ def run_tick_part(folder: Path, results: Results) -> None:
     results.details.append(("Per-tick statements: SQLite VM steps (1k vs 1M readings) and "
                             "EXPLAIN QUERY PLAN", counted.report()))
     results.tick_ms = median(timings.small) * 1000
+
+
+def run_keys_part(folder: Path, results: Results) -> None:
+    progress(f"keys: {keysbench.TIMED} ticks of 2 accounts x {keysbench.KEYS:,} keys, "
+             f"{keysbench.SMALL:,} and {keysbench.LARGE:,} key readings stored")
+    results.figures += keysbench.figures(keysbench.measure(folder))
 
 
 def run_memory_part(folder: Path, results: Results) -> None:
@@ -100,7 +107,7 @@ def run_imports_part(_folder: Path, results: Results) -> None:
 
 
 RUNNERS: dict[str, Callable[[Path, Results], None]] = {
-    "tick": run_tick_part, "memory": run_memory_part, "cli": run_cli_part,
+    "tick": run_tick_part, "keys": run_keys_part, "memory": run_memory_part, "cli": run_cli_part,
     "year": run_year_part, "hostile": run_hostile_part, "imports": run_imports_part,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
 
@@ -47,6 +48,7 @@ class Figures:
     runway_hours: float | None
 
 
+@lru_cache(maxsize=65_536)  # the same keys come back every tick: hash them once
 def key_id(key_hash: str) -> str:
     """A stable id for an API key that reveals nothing of it: 16 hex digits of SHA-256."""
     return hashlib.sha256(key_hash.encode()).hexdigest()[:16]

@@ -36,13 +36,17 @@ def plan(stored: Mapping[str, KeyRecord], current: Sequence[ApiKey], now: dateti
     """The writes that bring `stored` up to `current` (the keys listed this tick)."""
     write = []
     for key in current:
-        fresh = record(key, now)
         old = stored.get(key.id)
-        if old is None or _figures(old) != _figures(fresh) or _stale(old, now):
-            write.append(fresh)
+        if old is None or _figures(old) != _key_figures(key) or _stale(old, now):
+            write.append(record(key, now))
     listed = {k.id for k in current}
     gone = tuple(sorted(i for i in stored if i not in listed))
     return KeyPlan(tuple(write), gone)
+
+
+def _key_figures(k: ApiKey) -> tuple[object, ...]:
+    return (k.name, k.label, k.limit, k.limit_remaining, k.limit_reset, k.usage, k.usage_daily,
+            k.usage_weekly, k.usage_monthly)
 
 
 def _stale(old: KeyRecord, now: datetime) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Double, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Double, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigId, UTCDateTime
@@ -61,6 +61,9 @@ class AlertStateRow(Base):
     period: Mapped[int] = mapped_column(Integer, default=0)
     repeats: Mapped[int] = mapped_column(Integer, default=0)
     summary: Mapped[str] = mapped_column(String(500), default="")
+    # A message of this alert was held back (silenced or inhibited): when that ends while
+    # the alert still fires, a reminder goes out at once.
+    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -155,3 +158,27 @@ class KeyReadingRow(Base):
     usage_daily: Mapped[float] = mapped_column(Double)
     usage_weekly: Mapped[float] = mapped_column(Double)
     usage_monthly: Mapped[float] = mapped_column(Double)
+
+
+class SilenceRow(Base):
+    """`creditwatch silence add`: a rule's messages held back from `starts_at` to `ends_at`,
+    for one account or (account NULL) all of them."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    account: Mapped[str | None] = mapped_column(String(64))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    comment: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DigestRow(Base):
+    """A digest period whose message was queued: each period's digest is queued once."""
+
+    __tablename__ = "digests"
+
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)

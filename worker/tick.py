@@ -269,17 +269,15 @@ def _step_keys(deps: Deps, rule: KeyRuleBase, facts: Facts, out: _Evaluated, sho
     """One lifecycle per key the rule watches, and for every key it has an alert for (a key
     that went away or was disabled resolves its alert)."""
     known = {key for (name, key) in out.states if name == rule.name}
-    watched = [k for k in keys.values() if rule.watches(k)] if facts.keys_known else []
-    for key in watched:
+    for key in keys.values() if facts.keys_known else ():
+        if not rule.watches(key):
+            continue
         prev = out.states.get((rule.name, key.id))
         if prev is None:
-            fresh = AlertState(rule.name, account=facts.account, key=key.id, key_name=key.shown)
-            evaluation = evaluate(rule, _with(facts, fresh, key))
-            if evaluation.condition.value != "true":
+            if not rule.holds(key):
                 continue  # quiet and never alerted: nothing to step, nothing to store
-            _step_one(deps, rule, _with(facts, fresh, key), fresh, out, shown, evaluation, key)
-        else:
-            _step_one(deps, rule, _with(facts, prev, key), prev, out, shown, key=key)
+            prev = AlertState(rule.name, account=facts.account, key=key.id, key_name=key.shown)
+        _step_one(deps, rule, _with(facts, prev, key), prev, out, shown, key=key)
         known.discard(key.id)
     for key_id in sorted(known):  # alerted keys not among this tick's watched ones
         prev = out.states[(rule.name, key_id)]

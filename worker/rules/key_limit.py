@@ -25,6 +25,10 @@ class KeyLimitRule(KeyRuleBase):
             raise ValueError(msg)
         return self
 
+    def holds(self, key: ApiKey) -> bool:
+        remaining = key.remaining
+        return remaining is not None and key.limit is not None and remaining < self.line(key)
+
     def line(self, key: ApiKey) -> float:
         if self.below is not None:
             return self.below

@@ -18,6 +18,9 @@ class KeySpendRule(KeyRuleBase):
     period: Literal["day", "week", "month"] = "day"
     above: Amount
 
+    def holds(self, key: ApiKey) -> bool:
+        return self.spent(key) > self.above
+
     def spent(self, key: ApiKey) -> float:
         return {"day": key.usage_daily, "week": key.usage_weekly, "month": key.usage_monthly}[self.period]
 
