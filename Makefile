@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= settings.toml
 
-.PHONY: run test install dev-install bench clean lint
+.PHONY: run demo test install dev-install bench clean lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ dev-install: $(VENV)/.dev-installed
 # Runs the worker on settings.toml with an SQLite file (the key comes from OPENROUTER_API_KEY).
 run: install
 	$(BIN)/creditwatch --config $(CONFIG) run
+
+# The whole service for about a minute against a simulated account on loopback: no key, no
+# settings, a throwaway database; notifications print to the terminal, the status page is up.
+demo: install
+	$(BIN)/creditwatch demo
 
 test: dev-install lint
 	$(BIN)/python -m pytest -n 4 -q
