@@ -14,12 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
+from fakes import FakeOpenRouter, key_item  # the test suite's fakes
 from sqlalchemy import text
 
 from table import Figure, median
 from testbed import BIN, environ, load, write_settings  # noqa: F401 - BIN keeps the venv's python
-
-from fakes import FakeOpenRouter, key_item  # the test suite's fakes
 from worker.tick import run_tick
 
 KEYS, ACCOUNTS = 2_000, ("prod", "dev")

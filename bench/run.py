@@ -25,13 +25,15 @@ import hostilebench
 import keysbench
 import machine
 import memorybench
+import pagebench
+import serverbench
 import tickbench
 import yearbench
 from profiling import profile
 from table import Figure, median, render_table
 from testbed import servers
 
-PARTS = ("tick", "keys", "memory", "cli", "year", "hostile", "imports")
+PARTS = ("tick", "keys", "memory", "server", "cli", "year", "page", "hostile", "imports")
 OUT = Path(__file__).with_name(".out")
 
 
@@ -77,6 +79,13 @@ def run_memory_part(folder: Path, results: Results) -> None:
     results.figures += memorybench.figures(measured)
 
 
+def run_server_part(folder: Path, results: Results) -> None:
+    progress(f"server: {serverbench.TIMED} ticks with and without [server] listen, then "
+             f"/metrics scrapes of `run` for {serverbench.SCRAPE_SECONDS:.0f} s")
+    with servers() as srv:
+        results.figures += serverbench.figures(serverbench.measure(folder, srv))
+
+
 def run_cli_part(folder: Path, results: Results) -> None:
     progress(f"cli: {clibench.HELP_RUNS} x --help, {clibench.CHECK_RUNS} x check")
     results.figures.append(clibench.help_figure())
@@ -90,6 +99,12 @@ def run_year_part(folder: Path, results: Results) -> None:
     results.figures.append(yearbench.figure(year))
     results.details.append(("The simulated year's SQLite file by table and index (dbstat)",
                             yearbench.layout(year)))
+
+
+def run_page_part(folder: Path, results: Results) -> None:
+    progress(f"page: the status page of `run` over a year of history, {pagebench.CACHED_RUNS} views a span")
+    with servers() as srv:
+        results.figures += pagebench.figures(pagebench.measure(folder, srv))
 
 
 def run_hostile_part(folder: Path, results: Results) -> None:
@@ -107,8 +122,9 @@ def run_imports_part(_folder: Path, results: Results) -> None:
 
 
 RUNNERS: dict[str, Callable[[Path, Results], None]] = {
-    "tick": run_tick_part, "keys": run_keys_part, "memory": run_memory_part, "cli": run_cli_part,
-    "year": run_year_part, "hostile": run_hostile_part, "imports": run_imports_part,
+    "tick": run_tick_part, "keys": run_keys_part, "memory": run_memory_part, "server": run_server_part,
+    "cli": run_cli_part,
+    "year": run_year_part, "page": run_page_part, "hostile": run_hostile_part, "imports": run_imports_part,
 }
 
 
