@@ -47,7 +47,8 @@ def _events(hook: WebhookReceiver) -> Counter[tuple[str, str]]:
     """(rule, firing|resolved) counted over every message received."""
     out: Counter[tuple[str, str]] = Counter()
     for m in hook.messages:
-        rule = m["title"].split("creditwatch: ", 1)[1].split(" ")[0]
+        ref = str(m["message"]).splitlines()[-1].removeprefix("ref: ")
+        rule = ref.split("#", 1)[0]
         out[(rule, "resolved" if "resolved" in m["title"].lower() else "firing")] += 1
     return out
 

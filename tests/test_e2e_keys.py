@@ -102,7 +102,9 @@ def test_per_key_alerts_on_every_page_and_two_accounts_apart(
         "prod/key-spend[svc-hungry~" + _id(prod, "svc-hungry") + "]#1/first",
     ]), fired
     titles = {m["title"] for m in webhook.messages}
-    assert any("prod: key-near-limit for key ci-7 (sk-or-v1-" in t for t in titles), titles
+    assert "[WARNING] prod: key-near-limit, ci-7, $0.20 of $5.00 left" in titles, titles
+    [ci7] = [m for m in webhook.messages if "ci-7," in m["title"]]
+    assert "Key: ci-7 (sk-or-v1-" in ci7["message"] and "Keys: https://openrouter.ai/settings/keys" in ci7["message"]
     assert "prod/low (warning)" in first.stdout and "dev: $90.00 remaining" in first.stdout
     for m in webhook.messages:  # never the full hash, in any message
         assert not any(item["hash"] in str(m) for item in prod.keys)

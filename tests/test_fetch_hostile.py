@@ -36,9 +36,9 @@ from hostile import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.apihttp import MAX_BODY
 from worker.decoding import Refused, decoder_for
 from worker.domain import FetchKind, FetchOutcome
-from worker.apihttp import MAX_BODY
 from worker.openrouter import Endpoint, fetch_credits, new_session
 from worker.text import escape_controls
 

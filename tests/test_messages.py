@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.domain import AlertState, Condition, Evaluation, Reading, Reason, Severity, Status
-from worker.lifecycle import Policy, step
 from worker.domain import Figures as Context
+from worker.lifecycle import Policy, step
 from worker.messages import render
 
 FAST = settings(max_examples=200, deadline=None)

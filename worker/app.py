@@ -12,19 +12,20 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from worker import db, heartbeat, store
 from worker.delivery import Sender, inspect_in_child
-from worker.domain import AlertState
+from worker.domain import AlertState, Silence
 from worker.errors import ConfigError, RuntimeProblem
 from worker.heartbeat import heartbeat_secrets
+from worker.lease import Leadership, leadership
 from worker.migrate import URL_VARIABLE
 from worker.openrouter import Endpoint, new_session
 from worker.outbox import Config, Outbox
@@ -45,10 +46,28 @@ class App:
     redact: Redactor
     engine: Engine
     deps: Deps
+    # The epoch `run` writes under (worker.leader sets it); not enforced for other commands.
+    fence: store.Fence = field(default_factory=store.Fence)
 
     def tick(self, now: datetime) -> TickReport:
-        """One tick at wall-clock `now`; database errors propagate."""
+        """One tick at `now` (`run` and `check` pass the database's clock); database errors
+        propagate, and LostLease when `run`'s fence no longer holds."""
         return run_tick(self.deps, now)
+
+    def database_now(self) -> datetime:
+        """The database's clock: what `check` stamps its tick with, as `run`'s leader does, so
+        that readings agree whichever host wrote them."""
+        with self.deps.sessions() as session:
+            return store.database_now(session)
+
+    def leader(self) -> Leadership | None:
+        """Who leads `run` (or led last), judged by the database's clock; None when no lease
+        was ever taken (or the database predates leases)."""
+        with self.deps.sessions() as session:
+            if not inspect(session.connection()).has_table("leader_lease"):
+                return None
+            lease, now = store.read_lease(session)
+        return leadership(lease, now)
 
     def snapshot(self, now: datetime, account: str | None = None) -> Snapshot:
         """What `status` shows of one account (the first watched, unless named), read from the
@@ -63,11 +82,12 @@ class App:
         names = accounts if accounts is not None else [a.name for a in settings.watched]
         with self.deps.sessions() as session:
             backlog = store.backlog(session)
-            shown = [self._snapshot(session, name, now, window, backlog) for name in names]
+            silences = store.silences(session, now)
+            shown = [self._snapshot(session, name, now, window, backlog, silences) for name in names]
         return shown
 
     def _snapshot(self, session: Session, account: str, now: datetime, window: timedelta,
-                  backlog: list[Backlog]) -> Snapshot:
+                  backlog: list[Backlog], silences: list[Silence]) -> Snapshot:
         latest = store.latest_reading(session, account)
         history = store.forecast_history(session, account, now - window, now)
         states: dict[str, list[AlertState]] = {}
@@ -76,7 +96,8 @@ class App:
         keys = sorted(store.load_keys(session, account).values(), key=lambda k: (k.name, k.id))
         waiting = {b.channel: b.waiting for b in backlog}
         return take(now, figures(latest, history, now, window), window, store.last_fetch(session, account),
-                    self.settings.rules_for(account), states, waiting, backlog, account=account, keys=keys)
+                    self.settings.rules_for(account), states, waiting, backlog, account=account, keys=keys,
+                    silences=silences)
 
     @property
     def worst_tick_seconds(self) -> float:
@@ -141,7 +162,8 @@ def build(settings: Settings, environ: Mapping[str, str], *, redact: Redactor | 
     if problems:
         raise ConfigError([redact(p) for p in problems])
     engine = engine if engine is not None else _engine(settings, redact)
-    return App(settings, redact, engine, _deps(settings, environ, engine, redact))
+    fence = store.Fence()
+    return App(settings, redact, engine, _deps(settings, environ, engine, redact, fence), fence)
 
 
 def _inspect(settings: Settings, in_child: bool) -> list[UrlInfo]:
@@ -171,11 +193,12 @@ def _engine(settings: Settings, redact: Redactor) -> Engine:
         raise ConfigError([redact(f"database.url: cannot use {db.redacted_url(url)}: {reason}")]) from None
 
 
-def _deps(settings: Settings, environ: Mapping[str, str], engine: Engine, redact: Redactor) -> Deps:
+def _deps(settings: Settings, environ: Mapping[str, str], engine: Engine, redact: Redactor,
+          fence: store.Fence) -> Deps:
     o = settings.openrouter
     endpoints = {a.name: Endpoint(o.base_url, environ.get(a.api_key_env, ""), o.timeout.total_seconds())
                  for a in settings.watched}
-    sessions = store.sessions(engine)
+    sessions = store.fenced(engine, fence)  # every write of a `run` leader checks its epoch
     channels = {c.name: c.url.get_secret_value() for c in settings.channels}
     outbox = Outbox(sessions, channels, redact, outbox_config(settings), sender_factory(settings))
     d = settings.database

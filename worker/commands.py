@@ -7,7 +7,7 @@ import argparse
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import inspect
@@ -22,7 +22,16 @@ from worker.durations import DurationError, parse_duration
 from worker.errors import EX_FAILURE, ConfigError, RuntimeProblem, UsageError
 from worker.heartbeat import Heartbeat
 from worker.redact import Redactor
-from worker.reports import check_line, history_csv, history_json, history_table, status_json, status_text
+from worker.reports import (
+    check_line,
+    history_csv,
+    history_json,
+    history_table,
+    silences_json,
+    silences_text,
+    status_json,
+    status_text,
+)
 from worker.runner import Runner, log_tick, ping
 from worker.settings import Settings, SettingsError, parse_settings
 from worker.text import escape_controls
@@ -34,11 +43,11 @@ def settings_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     return Path(args.config or environ.get("CREDITWATCH_CONFIG") or "settings.toml")
 
 
-def parse_since(text: str) -> timedelta:
+def parse_since(text: str, option: str = "--since") -> timedelta:
     try:
         return parse_duration(text)
     except DurationError as err:
-        raise UsageError(f"--since: {err}") from None
+        raise UsageError(f"{option}: {err}") from None
 
 
 def failure_code(command: str) -> int:
@@ -94,7 +103,9 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int
     beat = Heartbeat.from_settings(app.settings)
     try:
         app.deps.outbox.drop_removed_channels(db.now_utc())
-        report = app.tick(db.now_utc())
+        # The database's clock, as `run`'s leader uses: a host with a skewed clock still
+        # stamps its reading in line with the others.
+        report = app.tick(app.database_now())
     except SQLAlchemyError as err:
         ping(beat, False)
         raise app.database_problem(err) from None
@@ -108,11 +119,7 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
 
     app = load(args, environ, need_key=True, inspect_in_child=True)
     app.migrate_in_child()
-    try:
-        app.deps.outbox.drop_removed_channels(db.now_utc())
-    except SQLAlchemyError as err:
-        log.error("could not check for messages of removed channels: %s", app.database_problem(err))
-    runner = Runner(app)
+    runner = Runner(app)  # drops the messages of removed channels when it takes the lease
     runner.start()
 
     def stop() -> None:
@@ -132,10 +139,11 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[in
     app = load(args, environ)
     _require_schema(app)
     try:
-        snaps = app.snapshots(db.now_utc())
+        snaps = app.snapshots(app.database_now())  # the clock the leader stamps readings by
+        leader = app.leader()
     except SQLAlchemyError as err:
         raise app.database_problem(err) from None
-    return 0, status_json(snaps) if args.json else status_text(snaps)
+    return 0, status_json(snaps, leader) if args.json else status_text(snaps, leader)
 
 
 def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
@@ -208,6 +216,75 @@ def _shown_result(result: Result | None, redact: Redactor) -> str:
     return f"FAILED: {redact(escape_controls(reason))}"
 
 
+def cmd_silence_add(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    app = load(args, environ)
+    rules = [r.name for r in app.settings.rules]
+    if args.rule not in rules:
+        raise UsageError(f"RULE: no rule named {args.rule!r} (rules: {', '.join(rules)})")
+    account = _account(app, args.account) if args.account is not None else None
+    span = parse_since(args.duration, "--for") if args.duration else timedelta(0)
+    until = None if args.duration else _until(args.until, app)
+    _require_schema(app)
+    now = _database_now(app)  # the clock `run`'s leader judges silences by
+    ends_at = until or now + span
+    if ends_at <= now:
+        raise UsageError("--until: the time has passed already")
+    try:
+        with app.deps.sessions.begin() as session:
+            silence_id = store.add_silence(session, args.rule, account, now, ends_at,
+                                           escape_controls(args.comment), now)
+    except SQLAlchemyError as err:
+        raise app.database_problem(err) from None
+    return 0, str(silence_id)
+
+
+def _database_now(app: App) -> datetime:
+    """The database's clock, which `run`'s leader ticks by: silences start and end by it
+    whichever host's clock the command ran on."""
+    try:
+        return app.database_now()
+    except SQLAlchemyError as err:
+        raise app.database_problem(err) from None
+
+
+def _until(text: str, app: App) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError('--until: expected a time such as "2026-12-01T09:00" or '
+                         '"2026-12-01T08:00:00Z"') from None
+    return (when if when.tzinfo else when.replace(tzinfo=app.settings.alerts.zone)).astimezone(UTC)
+
+
+def cmd_silence_list(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    app = load(args, environ)
+    _require_schema(app)
+    now = _database_now(app)
+    try:
+        with app.deps.sessions() as session:
+            found = store.silences(session, now)
+    except SQLAlchemyError as err:
+        raise app.database_problem(err) from None
+    return 0, silences_json(found) if args.json else silences_text(found, now)
+
+
+def cmd_silence_expire(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    app = load(args, environ)
+    _require_schema(app)
+    now = _database_now(app)
+    try:
+        with app.deps.sessions.begin() as session:
+            ended = store.expire_silence(session, args.id, now)
+    except SQLAlchemyError as err:
+        raise app.database_problem(err) from None
+    if ended is None:
+        raise RuntimeProblem(f"no silence #{args.id} (see `creditwatch silence list`)")
+    if ended.ends_at <= now:
+        return 0, f"silence #{ended.id} ({ended.rule}) had ended already"
+    return 0, (f"silence #{ended.id} ({ended.rule}) expired; a still-firing alert is announced at the "
+               "next tick")
+
+
 def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
     app = load(args, environ)
     try:
@@ -229,12 +306,29 @@ def cmd_config_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tu
     return 0, render_settings(app.settings, key_set, app.redact)
 
 
+def cmd_chart(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.picturecmds import cmd_chart as chart  # lazy: picturecmds imports this module
+
+    return chart(args, environ)
+
+
+def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.picturecmds import cmd_demo as demo  # lazy: picturecmds imports this module
+
+    return demo(args, environ)
+
+
 HANDLERS = {
     "run": cmd_run,
     "check": cmd_check,
     "status": cmd_status,
     "history": cmd_history,
+    "chart": cmd_chart,
+    "demo": cmd_demo,
     "notify-test": cmd_notify_test,
+    "silence add": cmd_silence_add,
+    "silence list": cmd_silence_list,
+    "silence expire": cmd_silence_expire,
     "db upgrade": cmd_db_upgrade,
     "config check": cmd_config_check,
 }

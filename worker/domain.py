@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
+from functools import lru_cache
 
 # A reading stored this much earlier than the one stored before it means the wall
 # clock was stepped back, not that two replicas' clocks differ a little.
@@ -46,6 +46,7 @@ class Figures:
     latest: Reading | None
     burn_per_hour: float | None
     runway_hours: float | None
+    covered: timedelta | None = None  # how much of the window the burn rate's readings span
 
 
 @lru_cache(maxsize=65_536)  # the same keys come back every tick: hash them once
@@ -139,6 +140,7 @@ class Evaluation:
 
     condition: Condition
     summary: str = ""
+    figure: str = ""  # the figure a title shows: "$4.12 left", "burning $12.00/h"
 
 
 class Status(StrEnum):
@@ -164,6 +166,7 @@ class AlertState:
     account: str = "default"
     key: str = ""
     key_name: str = ""
+    muted: str = ""  # a message held back (silence, inhibition): "first" or "repeat", else ""
 
     @property
     def identity(self) -> tuple[str, str, str]:
@@ -181,6 +184,7 @@ class Reason(StrEnum):
     REPEAT = "repeat"
     RESOLVED = "resolved"
     NONE = "none"
+    DIGEST = "digest"  # not the lifecycle's: the periodic digest message
 
 
 class ExitCode(IntEnum):
@@ -205,6 +209,7 @@ class Message:
     notify_type: str
     key: str
     account: str = "default"
+    attachment: bytes | None = field(default=None, repr=False)  # a PNG, where the channel takes one
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,3 +231,20 @@ class KeyRecord:
     @property
     def shown(self) -> str:
         return f"{self.name} ({self.label})" if self.label and self.label != self.name else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """`creditwatch silence add`: a rule's messages held back from `starts_at` to `ends_at`,
+    for one account or (None) every account."""
+
+    id: int
+    rule: str
+    account: str | None
+    starts_at: datetime
+    ends_at: datetime
+    comment: str = ""
+
+    def covers(self, rule: str, account: str, now: datetime) -> bool:
+        return (self.rule == rule and self.account in (None, account)
+                and self.starts_at <= now < self.ends_at)

@@ -51,3 +51,9 @@ def runway_hours(remaining: float, rate: float | None) -> float | None:
     if rate is None or rate <= 0:
         return None
     return max(0.0, remaining) / rate
+
+
+def covered(readings: Sequence[Reading], now: datetime, window: timedelta) -> timedelta:
+    """How much of `window` before `now` the readings span (first to last inside it)."""
+    inside = [r.fetched_at for r in readings if now - window <= r.fetched_at <= now]
+    return max(inside) - min(inside) if len(inside) > 1 else timedelta(0)

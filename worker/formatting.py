@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 
 _UNITS = {"y": 365 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -42,3 +42,21 @@ def format_duration(value: timedelta) -> str:
 def iso(value: datetime) -> str:
     """A UTC timestamp as ISO 8601 to the second: 2026-11-25T10:00:00Z."""
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def local_time(value: datetime, zone: tzinfo) -> str:
+    """A moment as people read it in `zone`: 2026-11-25 11:00 CET."""
+    local = value.astimezone(zone)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname() or ''}".rstrip()
+
+
+def ago(delta: timedelta) -> str:
+    """How long ago, roughly: "just now", "12 min ago", "3 h ago", "2 days ago"."""
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 2 * 86400:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} days ago"

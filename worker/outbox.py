@@ -9,11 +9,14 @@ off (sendpolicy.backoff) and holds the channel's later messages behind it; one p
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -194,7 +197,9 @@ class Outbox:
             IN_FLIGHT.discard(head.id)
 
     def _send(self, sender: Sender, msg: Outgoing, tick_at: datetime, at: datetime, counts: Counts) -> bool:
-        result = sender.send(msg.id, msg.title, msg.body, msg.notify_type, until=lambda: self._hard_deadline)
+        with _attached(msg.attachment) as attach:
+            result = sender.send(msg.id, msg.title, msg.body, msg.notify_type, attach,
+                                 until=lambda: self._hard_deadline)
         if isinstance(result, Delivered):
             self._record_delivered(msg.id, at)
             counts.add("delivered", msg.channel)
@@ -239,3 +244,15 @@ def store_error(err: SQLAlchemyError) -> str:
     from worker.db import first_line
 
     return first_line(err)
+
+
+@contextmanager
+def _attached(data: bytes | None) -> Iterator[tuple[str, ...]]:
+    """The attachment as a file the sender child can hand to apprise, removed afterwards."""
+    if data is None:
+        yield ()
+        return
+    with tempfile.TemporaryDirectory(prefix="creditwatch-") as folder:
+        path = Path(folder) / "creditwatch-chart.png"
+        path.write_bytes(data)
+        yield (str(path),)

@@ -8,10 +8,12 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from worker.domain import FetchRecord, KeyRecord, Reading, Reason
+from worker.domain import FetchRecord, KeyRecord, Reading, Reason, Silence
 from worker.formatting import format_duration, hours_text, iso, money, rate
+from worker.lease import Leadership
 from worker.sendpolicy import Backlog
 from worker.settings_base import DEFAULT_ACCOUNT
 from worker.snapshot import AlertView, Snapshot, TickReport, Transition
@@ -21,9 +23,9 @@ TOP_KEYS = 5  # keys listed by `status` (text): the biggest spenders today
 # -- status --json ------------------------------------------------------------------------------
 
 
-def status_json(snaps: Sequence[Snapshot]) -> str:
+def status_json(snaps: Sequence[Snapshot], leader: Leadership | None = None) -> str:
     """The first account's figures at the top level (all of them when one account is watched),
-    and every account under `accounts`; the outbox is shared."""
+    and every account under `accounts`; the outbox and the leader are shared."""
     first = snaps[0]
     doc: dict[str, Any] = {
         **_account_json(first),
@@ -31,11 +33,27 @@ def status_json(snaps: Sequence[Snapshot]) -> str:
         "pending": [_pending_json(a) for s in snaps for a in s.pending],
         "undelivered_notifications": first.undelivered,
         "outbox": [_backlog_json(b) for b in first.backlog],
+        "silences": json.loads(silences_json(_all_silences(snaps))),
         "accounts": [{**_account_json(s), "alerts": [_alert_json(a) for a in s.firing],
                       "pending": [_pending_json(a) for a in s.pending],
                       "keys": [_key_json(k) for k in s.keys]} for s in snaps],
+        "leader": _leader_json(leader),
     }
     return dumps(doc)
+
+
+def _leader_json(leader: Leadership | None) -> dict[str, Any] | None:
+    if leader is None:
+        return None
+    return {"pid": leader.pid, "host": leader.host, "epoch": leader.epoch, "since": _iso(leader.since),
+            "expires_at": _iso(leader.expires_at), "expired": leader.expired}
+
+
+def _all_silences(snaps: Sequence[Snapshot]) -> list[Silence]:
+    seen: dict[int, Silence] = {}
+    for snap in snaps:
+        seen.update({x.id: x for x in snap.silences})
+    return [seen[i] for i in sorted(seen)]
 
 
 def _account_json(snap: Snapshot) -> dict[str, Any]:
@@ -109,19 +127,33 @@ def _finite(value: Any) -> Any:
 # -- status (text) ------------------------------------------------------------------------------
 
 
-def status_text(snaps: Sequence[Snapshot]) -> str:
-    """One block per account (headed by its name when several are watched), then the outbox."""
+def status_text(snaps: Sequence[Snapshot], leader: Leadership | None = None) -> str:
+    """One block per account (headed by its name when several are watched), then the outbox,
+    then the leader of `run` (once a lease was taken)."""
     named = len(snaps) > 1 or snaps[0].account != DEFAULT_ACCOUNT
     lines: list[str] = []
     for snap in snaps:
         if named:
             lines += ([""] if lines else []) + [_row("account", snap.account)]
         lines += _account_text(snap)
+    silenced = _all_silences(snaps)
+    if silenced:
+        lines.append(_row("silences", f"{len(silenced)} in force or ahead"))
+        lines += [f"  {silence_line(x, snaps[0].now)}" for x in silenced]
     backlog = snaps[0].backlog
     if backlog:
         lines.append(_row("outbox", f"{snaps[0].undelivered} notification(s) waiting for delivery"))
         lines += [_backlog_text(b) for b in backlog]
+    if leader is not None:
+        lines.append(_row("leader", _leader_text(leader)))
     return "\n".join(lines)
+
+
+def _leader_text(leader: Leadership) -> str:
+    held = (f"lease expired at {_iso(leader.expires_at) or '?'}, no replica leads until one takes it"
+            if leader.expired else f"lease until {_iso(leader.expires_at) or '?'}")
+    return (f"{leader.host} pid {leader.pid}, epoch {leader.epoch}, since {_iso(leader.since) or '?'} "
+            f"({held})")
 
 
 def _account_text(snap: Snapshot) -> list[str]:
@@ -272,3 +304,24 @@ def history_table(readings: Sequence[Reading]) -> str:
     rows = [f"{iso(r.fetched_at):<20}  {money(r.total_credits):>12}  {money(r.total_usage):>12}  "
             f"{money(r.remaining):>12}" for r in readings]
     return "\n".join([header, *rows])
+
+
+# -- silences -------------------------------------------------------------------------------------
+
+
+def silences_json(found: Sequence[Silence]) -> str:
+    return dumps([{"id": x.id, "rule": x.rule, "account": x.account, "starts_at": iso(x.starts_at),
+                   "ends_at": iso(x.ends_at), "comment": x.comment} for x in found])
+
+
+def silences_text(found: Sequence[Silence], now: datetime) -> str:
+    if not found:
+        return "no silences"
+    return "\n".join(silence_line(x, now) for x in found)
+
+
+def silence_line(x: Silence, now: datetime) -> str:
+    scope = f" (account {x.account})" if x.account else ""
+    when = f"until {iso(x.ends_at)}" if x.starts_at <= now else f"from {iso(x.starts_at)} to {iso(x.ends_at)}"
+    comment = f": {x.comment}" if x.comment else ""
+    return f"#{x.id} {x.rule}{scope} {when}{comment}"

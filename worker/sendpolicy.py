@@ -52,6 +52,7 @@ class Outgoing:
     body: str
     notify_type: str
     attempt: int
+    attachment: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

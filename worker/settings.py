@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import SplitResult, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -159,12 +160,64 @@ class Alerts(Model):
     send_timeout: Duration = timedelta(seconds=10)
     # A message still undelivered this long after it was enqueued is dropped with an ERROR line.
     give_up_after: Duration = timedelta(hours=24)
+    # How times read in messages (an IANA name such as "Europe/Paris").
+    timezone: str = "UTC"
+    # One message per channel and tick, holding every notification due for it.
+    group: Annotated[bool, Field(strict=True)] = False
+    # The balance chart attached to balance alerts, on channels that take attachments.
+    attach_chart: Annotated[bool, Field(strict=True)] = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return zone(self.timezone)
 
     @field_validator("send_timeout")
     @classmethod
     def _send_timeout_bound(cls, value: timedelta) -> timedelta:
         if not timedelta(seconds=1) <= value <= timedelta(minutes=2):
             msg = "must be between 1s and 2m"
+            raise ValueError(msg)
+        return value
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name`; ValueError (naming no more than the setting) otherwise."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        msg = 'must be an IANA time zone name such as "UTC" or "Europe/Paris"'
+        raise ValueError(msg) from None
+
+
+class Digest(Model):
+    """A summary message per period: `every` (from `at`, in [alerts] timezone) to `channels`."""
+
+    every: Duration | None = None
+    at: str = "09:00"
+    channels: tuple[str, ...] | None = None
+    attach_chart: Annotated[bool, Field(strict=True)] = True
+
+    @field_validator("at")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and int(hours) < 24
+                and int(minutes) < 60):
+            msg = 'must be a time of day such as "09:00"'
+            raise ValueError(msg)
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_an_hour(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(hours=1):
+            msg = 'must be at least "1h" (a digest is a summary, not an alert)'
             raise ValueError(msg)
         return value
 
@@ -314,6 +367,7 @@ class Settings(Model):
     heartbeat: Heartbeat = Heartbeat()
     logging: Logging = Logging()
     guard: Guard = Guard()
+    digest: Digest = Digest()
     accounts: tuple[Account, ...] = ()
     channels: tuple[Channel, ...] = ()
     rules: tuple[Rule, ...] = ()

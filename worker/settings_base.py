@@ -66,6 +66,7 @@ class RuleBase(Model):
     severity: Severity = Severity.WARNING
     channels: tuple[str, ...] | None = None
     accounts: tuple[str, ...] | None = None
+    inhibited_by: tuple[str, ...] = ()
     for_: Duration | None = Field(default=None, alias="for")
 
     @field_validator("name")

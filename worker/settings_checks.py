@@ -163,9 +163,16 @@ def cross_check(doc: Any, sourced: Sourced) -> list[str]:
     known = _names(channels)
     # Without [[accounts]], the one account from [openrouter] is called "default".
     watched = _names(accounts) if accounts else {DEFAULT_ACCOUNT}
+    named = _names(rules)
     for i, rule in enumerate(rules):
         problems += _undefined(rule, i, "channels", known, "channel", sourced)
         problems += _undefined(rule, i, "accounts", watched, "account", sourced)
+        name = rule.get("name")
+        others = named - {name} if isinstance(name, str) else named
+        problems += _undefined(rule, i, "inhibited_by", others, "rule (or itself)", sourced)
+    digest = doc.get("digest") if isinstance(doc, dict) else None
+    if isinstance(digest, dict):
+        problems += _undefined(digest, None, "channels", known, "channel", sourced)
     return problems
 
 
@@ -173,13 +180,14 @@ def _names(tables: list[dict[str, Any]]) -> set[str]:
     return {t["name"] for t in tables if isinstance(t.get("name"), str)}
 
 
-def _undefined(rule: dict[str, Any], i: int, field: str, known: set[str], what: str,
+def _undefined(table: dict[str, Any], i: int | None, field: str, known: set[str], what: str,
                sourced: Sourced) -> list[str]:
-    wanted = rule.get(field)
+    wanted = table.get(field)
     problems = []
+    where = "digest" if i is None else f"rules[{i}]"
     for j, name in enumerate(wanted if isinstance(wanted, list) else []):
         if isinstance(name, str) and name not in known:
-            path = f"rules[{i}].{field}[{j}]"
+            path = f"{where}.{field}[{j}]"
             problems.append(f"{path}: undefined {what}{_quoted(name, path, sourced)}")
     return problems
 

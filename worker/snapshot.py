@@ -21,9 +21,10 @@ from worker.domain import (
     Reading,
     Reason,
     Severity,
+    Silence,
     Status,
 )
-from worker.forecast import burn_rate, runway_hours
+from worker.forecast import burn_rate, covered, runway_hours
 from worker.sendpolicy import Backlog, Counts
 from worker.settings_base import DEFAULT_ACCOUNT, RuleBase
 from worker.verdict import exit_code
@@ -33,7 +34,7 @@ def figures(latest: Reading | None, history: Sequence[Reading], now: datetime, w
     """Burn rate over `window` before `now`, and the runway it leaves the latest balance."""
     burn = burn_rate(history, now, window)
     runway = runway_hours(latest.remaining, burn) if latest is not None else None
-    return Figures(latest, burn, runway)
+    return Figures(latest, burn, runway, covered(history, now, window) if burn is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class Snapshot:
     backlog: tuple[Backlog, ...] = ()  # each waiting channel's oldest message (status only)
     account: str = DEFAULT_ACCOUNT
     keys: tuple[KeyRecord, ...] = ()  # the account's keys as last read (status only)
+    silences: tuple[Silence, ...] = ()  # those that cover this account and have not ended (status only)
 
     @property
     def latest(self) -> Reading | None:
@@ -83,7 +85,7 @@ class Snapshot:
 def take(now: datetime, figures: Figures, window: timedelta, last_fetch: FetchRecord | None,
          rules: Iterable[RuleBase], states: Mapping[str, Sequence[AlertState]], waiting: Mapping[str, int],
          backlog: Sequence[Backlog] = (), *, account: str = DEFAULT_ACCOUNT,
-         keys: Sequence[KeyRecord] = ()) -> Snapshot:
+         keys: Sequence[KeyRecord] = (), silences: Sequence[Silence] = ()) -> Snapshot:
     """The snapshot of `states` (by rule) under the rules in force (their severity and `for`,
     in case the settings were edited while an alert fires); alerts of rules no longer
     configured are left out."""
@@ -99,8 +101,9 @@ def take(now: datetime, figures: Figures, window: timedelta, last_fetch: FetchRe
                 fires_at = since + rule.pending_for if since is not None else None
                 pending.append(AlertView(rule.name, rule.severity, state.status, since, state.summary,
                                          fires_at, account, state.key_name))
+    mine = tuple(x for x in silences if x.account in (None, account) and x.ends_at > now)
     return Snapshot(now, figures, window, last_fetch, _oldest_first(firing), _oldest_first(pending),
-                    dict(waiting), tuple(backlog), account, tuple(keys))
+                    dict(waiting), tuple(backlog), account, tuple(keys), mine)
 
 
 def _oldest_first(alerts: list[AlertView]) -> tuple[AlertView, ...]:

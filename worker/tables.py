@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Double, Index, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import Boolean, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigId, UTCDateTime
@@ -63,7 +63,9 @@ class AlertStateRow(Base):
     summary: Mapped[str] = mapped_column(String(500), default="")
     # A message of this alert was held back (silenced or inhibited): when that ends while
     # the alert still fires, a reminder goes out at once.
-    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # "" nothing held back; "first": its first message was (announce it once it may be);
+    # "repeat": a reminder was (send one once it may be).
+    muted: Mapped[str] = mapped_column(String(16), default="", server_default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -99,6 +101,8 @@ class OutboxRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # Given up (give_up_after passed, or its channel left the settings): never sent.
     dropped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # A PNG sent along where the channel takes attachments (the digest's chart).
+    attachment: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class RollupRow(Base):
@@ -182,3 +186,16 @@ class DigestRow(Base):
 
     period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeaseRow(Base):
+    """The leader lease (one row, name "leader"): which `run` replica leads, under which
+    fencing epoch (it only grows), and until when by the database's clock."""
+
+    __tablename__ = "leader_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200))  # "host:pid:start", as worker.procs
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

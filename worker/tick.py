@@ -12,13 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import keybook, store
+from worker import digest, keybook, store
+from worker.chart import build_chart
+from worker.chartrender import render_in_child
 from worker.domain import (
     AlertState,
     ApiKey,
@@ -32,13 +34,17 @@ from worker.domain import (
     Reading,
     Reason,
     Severity,
+    Silence,
 )
+from worker.formatting import format_duration
+from worker.grouping import group
 from worker.lifecycle import Policy, notifies, step
-from worker.messages import render
+from worker.messages import Style, render
 from worker.openrouter import Endpoint, KeysOutcome, disable_key, fetch_credits, fetch_keys
 from worker.outbox import Outbox
 from worker.redact import Redactor
 from worker.retention import Pruned, Retention
+from worker.routing import held_back, route
 from worker.rules import Facts, KeyRuleBase, evaluate, is_per_key
 from worker.settings import Rule, Settings
 from worker.snapshot import AccountTick, TickReport, Transition, figures, take
@@ -113,6 +119,7 @@ def run_tick(deps: Deps, now: datetime) -> TickReport:
     started = time.monotonic()
     fetched = fetch_all(deps)
     ticks = [_store_and_evaluate(deps, f, now) for f in fetched]
+    _digest(deps, now)
     delivery = deps.outbox.deliver(now)
     _retain(deps, now)
     accounts = tuple(_with_delivery(t, delivery.left_waiting) for t in ticks)
@@ -168,6 +175,17 @@ def _bounded(fn: Callable[[], T], seconds: float, fallback: T) -> T:
 
 
 @dataclass
+class _Step:
+    """One alert's step this tick, before deciding whether its message goes out."""
+
+    rule: Rule
+    state: AlertState
+    reason: Reason
+    evaluation: Evaluation
+    key: ApiKey | None
+
+
+@dataclass
 class _Evaluated:
     transitions: list[Transition]
     messages: list[Message]
@@ -188,11 +206,11 @@ def _store_and_evaluate(deps: Deps, fetched: _Fetched, now: datetime) -> Account
             keys = _keys_this_tick(deps, session, account, fetched.keys, now)
             states = store.load_states(session, account)
             facts = Facts(now, fresh, history, streak, account=account, keys_known=keys is not None)
-            evaluated = _step_all(deps, facts, states, shown, keys or {})
+            evaluated = _step_all(deps, facts, states, shown, keys or {}, store.silences(session, now))
             for identity, state in evaluated.states.items():
                 if state != states.get(identity):
                     store.save_state(session, state, _severity(settings, state.rule), now)
-            store.enqueue(session, evaluated.messages, now)
+            store.enqueue(session, group(evaluated.messages, settings.alerts.group), now)
             session.flush()
             waiting = store.backlog_counts(session)
     except Exception:
@@ -245,17 +263,23 @@ def _by_rule(states: Mapping[tuple[str, str], AlertState]) -> dict[str, list[Ale
 
 
 def _step_all(deps: Deps, facts: Facts, states: dict[tuple[str, str], AlertState], shown: Figures,
-              keys: Mapping[str, ApiKey]) -> _Evaluated:
-    out = _Evaluated([], [], dict(states))
+              keys: Mapping[str, ApiKey], silences: Sequence[Silence]) -> _Evaluated:
+    """Step every alert of the account, then decide which messages go out: inhibition needs
+    to know every rule that fires this tick."""
+    steps: list[_Step] = []
     for rule in deps.settings.rules_for(facts.account):
         try:
             if isinstance(rule, KeyRuleBase):
-                _step_keys(deps, rule, facts, out, shown, keys)
+                steps += _step_keys(deps, rule, facts, states, keys)
             else:
                 prev = states.get((rule.name, "")) or AlertState(rule.name, account=facts.account)
-                _step_one(deps, rule, _with(facts, prev), prev, out, shown)
+                steps.append(_step_one(deps, rule, _with(facts, prev), prev))
         except Exception as err:  # noqa: BLE001 - one broken rule must not stop the others
             log.error("rule %s failed and was skipped: %s", rule.name, deps.redact(repr(err)))
+    out = _Evaluated([], [], dict(states))
+    firing = {s.rule.name for s in steps if s.state.firing}
+    for s in steps:
+        _decide(deps, s, facts, shown, silences, firing, out)
     return out
 
 
@@ -264,41 +288,56 @@ def _with(facts: Facts, prev: AlertState, key: ApiKey | None = None) -> Facts:
                  facts.keys_known)
 
 
-def _step_keys(deps: Deps, rule: KeyRuleBase, facts: Facts, out: _Evaluated, shown: Figures,
-               keys: Mapping[str, ApiKey]) -> None:
+def _step_keys(deps: Deps, rule: KeyRuleBase, facts: Facts, states: Mapping[tuple[str, str], AlertState],
+               keys: Mapping[str, ApiKey]) -> list[_Step]:
     """One lifecycle per key the rule watches, and for every key it has an alert for (a key
     that went away or was disabled resolves its alert)."""
-    known = {key for (name, key) in out.states if name == rule.name}
+    steps = []
+    known = {key for (name, key) in states if name == rule.name}
     for key in keys.values() if facts.keys_known else ():
         if not rule.watches(key):
             continue
-        prev = out.states.get((rule.name, key.id))
+        prev = states.get((rule.name, key.id))
         if prev is None:
             if not rule.holds(key):
                 continue  # quiet and never alerted: nothing to step, nothing to store
             prev = AlertState(rule.name, account=facts.account, key=key.id, key_name=key.shown)
-        _step_one(deps, rule, _with(facts, prev, key), prev, out, shown, key=key)
+        steps.append(_step_one(deps, rule, _with(facts, prev, key), prev, key))
         known.discard(key.id)
     for key_id in sorted(known):  # alerted keys not among this tick's watched ones
-        prev = out.states[(rule.name, key_id)]
+        prev = states[(rule.name, key_id)]
         still = keys.get(key_id) if facts.keys_known else None
         judged = still if still is not None and rule.watches(still) else None
-        _step_one(deps, rule, _with(facts, prev, judged), prev, out, shown, key=judged)
+        steps.append(_step_one(deps, rule, _with(facts, prev, judged), prev, judged))
+    return steps
 
 
-def _step_one(deps: Deps, rule: Rule, facts: Facts, prev: AlertState, out: _Evaluated, shown: Figures,
-              evaluation: Evaluation | None = None, key: ApiKey | None = None) -> None:
-    evaluation = evaluation or evaluate(rule, facts)
+def _policy(deps: Deps, rule: Rule) -> Policy:
     alerts = deps.settings.alerts
-    policy = Policy(rule.pending_for, alerts.repeat_interval, alerts.send_resolved)
-    state, reason = step(prev, evaluation, facts.now, policy)
-    out.states[(rule.name, prev.key)] = state
-    if reason is Reason.NONE:
-        return
-    out.transitions.append(Transition(rule.name, reason, facts.account, state.key_name))
-    if notifies(reason, policy):
-        notes = _guard(deps, rule, key, facts.account) if reason is Reason.FIRST else ()
-        out.messages += _messages(deps.settings, rule, state, reason, shown, facts.now, notes)
+    return Policy(rule.pending_for, alerts.repeat_interval, alerts.send_resolved)
+
+
+def _step_one(deps: Deps, rule: Rule, facts: Facts, prev: AlertState, key: ApiKey | None = None) -> _Step:
+    evaluation = evaluate(rule, facts)
+    state, reason = step(prev, evaluation, facts.now, _policy(deps, rule))
+    return _Step(rule, state, reason, evaluation, key)
+
+
+def _decide(deps: Deps, s: _Step, facts: Facts, shown: Figures, silences: Sequence[Silence],
+            firing: set[str], out: _Evaluated) -> None:
+    """Whether the step's message goes out (silences, inhibition), and the state to store."""
+    held = held_back(s.rule, facts.account, silences, firing, facts.now)
+    state, reason, send = route(s.state, s.reason, held, notifies(s.reason, _policy(deps, s.rule)),
+                                facts.now)
+    out.states[(s.rule.name, state.key)] = state
+    if s.reason is not Reason.NONE or reason is not Reason.NONE:
+        out.transitions.append(Transition(s.rule.name, reason, facts.account, state.key_name))
+    if send:
+        notes = _guard(deps, s.rule, s.key, facts.account) if reason is Reason.FIRST else ()
+        out.messages += _messages(deps, s.rule, state, reason, shown, facts.now, s.evaluation, notes)
+    elif held is not None and reason is not Reason.NONE:
+        log.info("%s%s: message held back, %s", f"{facts.account}/" if deps.settings.several_accounts
+                 else "", s.rule.name, held)
 
 
 def _guard(deps: Deps, rule: Rule, key: ApiKey | None, account: str) -> tuple[str, ...]:
@@ -318,10 +357,12 @@ def _guard(deps: Deps, rule: Rule, key: ApiKey | None, account: str) -> tuple[st
     return (f"Guard: creditwatch could not disable this key: {deps.redact(done.message)}",)
 
 
-def _messages(settings: Settings, rule: Rule, state: AlertState, reason: Reason, shown: Figures,
-              now: datetime, notes: Sequence[str]) -> Sequence[Message]:
-    rendered = render(state, reason, rule.severity, shown, now, named=settings.several_accounts,
-                      notes=notes)
+def _messages(deps: Deps, rule: Rule, state: AlertState, reason: Reason, shown: Figures, now: datetime,
+              evaluation: Evaluation, notes: Sequence[str]) -> Sequence[Message]:
+    settings = deps.settings
+    style = Style(settings.alerts.zone, settings.several_accounts, settings.forecast.window)
+    rendered = render(state, reason, rule.severity, shown, now, figure=evaluation.figure, style=style,
+                      notes=notes, topic=_topic(rule))
     channels = settings.channels_for(rule)
     if not channels:
         log.warning("%s: %s (no channel is configured, so nobody is notified)", rendered.title, state.summary)
@@ -330,6 +371,69 @@ def _messages(settings: Settings, rule: Rule, state: AlertState, reason: Reason,
                 rendered.notify_type, rendered.key, state.account)
         for channel in channels
     ]
+
+
+def _topic(rule: Rule) -> str:
+    if isinstance(rule, KeyRuleBase):
+        return "key"
+    return "fetch" if rule.type == "fetch_failure" else "balance"
+
+
+_PERIOD_NAMES = {timedelta(hours=1): "hourly", timedelta(days=1): "daily", timedelta(days=7): "weekly"}
+
+
+def _digest(deps: Deps, now: datetime) -> None:
+    """Queue the digest of the newest complete period, once (the digests table says which
+    periods were queued; a period older than the newest queued one is never queued)."""
+    settings = deps.settings
+    d = settings.digest
+    if d.every is None:
+        return
+    start, end = digest.latest_period(now, d.every, d.at, settings.alerts.zone)
+    with deps.sessions() as session:
+        newest = store.newest_digest(session)
+        if newest is not None and newest >= start:
+            return
+        periods = [_account_period(deps, session, a.name, start, end, now) for a in settings.watched]
+    title, body = digest.render(periods, start, end, settings.alerts.zone, settings.several_accounts,
+                                _PERIOD_NAMES.get(d.every, format_duration(d.every)))
+    has_data = any(p.readings for p in periods)
+    chart = _digest_chart(deps, periods[0], end, d.every) if has_data and d.attach_chart else None
+    key = f"digest#{start:%Y-%m-%dT%H:%MZ}"
+    channels = d.channels if d.channels is not None else tuple(c.name for c in settings.channels)
+    messages = [Message("digest", channel, Reason.DIGEST, Severity.INFO, title, f"{body}\nref: {key}",
+                        "info", key, "", chart) for channel in channels] if has_data else []
+    with store.tick_transaction(deps.sessions) as session:
+        newest = store.newest_digest(session)
+        if newest is not None and newest >= start:
+            return  # another process queued it meanwhile
+        store.enqueue(session, messages, now)
+        store.mark_digest(session, start, now)
+    log.info("digest for %s to %s %s", start.strftime("%Y-%m-%dT%H:%MZ"), end.strftime("%Y-%m-%dT%H:%MZ"),
+             f"queued for {len(messages)} channel(s)" if messages else "skipped: no readings in the period")
+
+
+def _account_period(deps: Deps, session: Session, account: str, start: datetime, end: datetime,
+                    now: datetime) -> digest.AccountPeriod:
+    window = deps.settings.forecast.window
+    readings = store.history_between(session, account, start, end)
+    latest = store.latest_reading(session, account)
+    shown = figures(latest, store.forecast_history(session, account, now - window, now), now, window)
+    keys = list(store.load_keys(session, account).values())
+    fired = store.fired_between(session, account, start, end, deps.settings.several_accounts)
+    return digest.AccountPeriod(account, readings, shown, fired, keys)
+
+
+def _digest_chart(deps: Deps, period: digest.AccountPeriod, end: datetime, span: timedelta) -> bytes | None:
+    """The period's balance and spend chart as PNG, drawn in a child process (matplotlib never
+    enters the service); None, with a warning, if that fails."""
+    try:
+        data = build_chart(period.readings, end, span, period.account if deps.settings.several_accounts
+                           else None)
+        return render_in_child(data, "png")
+    except Exception as err:  # noqa: BLE001 - a digest without its chart beats no digest
+        log.warning("the digest goes without its chart: %s", deps.redact(str(err)))
+        return None
 
 
 def _with_delivery(tick: AccountTick, left: Callable[[dict[str, int]], dict[str, int]]) -> AccountTick:

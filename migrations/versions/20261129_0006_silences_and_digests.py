@@ -1,5 +1,5 @@
 """silences and digests: silences of rules (per account or all), alert states that remember a
-message held back, and the digest periods already queued
+message held back, the digest periods already queued, and attachments to messages
 
 Revision ID: 0006
 Revises: 0005
@@ -41,11 +41,17 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_silences_ends_at'), ['ends_at'], unique=False)
 
     with op.batch_alter_table('alert_states', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('muted', sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch_op.add_column(sa.Column('muted', sa.String(length=16), server_default='', nullable=False))
+
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('attachment', sa.LargeBinary(), nullable=True))
 
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_column('attachment')
+
     with op.batch_alter_table('alert_states', schema=None) as batch_op:
         batch_op.drop_column('muted')
 

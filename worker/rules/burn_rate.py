@@ -40,7 +40,7 @@ def evaluate(rule: BurnRateRule, facts: Facts) -> Evaluation:
     if short is not None:
         summary += f" ({rate(short)} over {format_duration(rule.short_window or timedelta())})"
     relation = "above" if holds else "not above"
-    return Evaluation(cond(holds), f"{summary}, {relation} {rate(rule.above)}")
+    return Evaluation(cond(holds), f"{summary}, {relation} {rate(rule.above)}", f"burning {rate(burn)}")
 
 
 def _window(rule: BurnRateRule) -> timedelta:

@@ -25,10 +25,12 @@ def evaluate(rule: FetchFailureRule, facts: Facts) -> Evaluation:
         return Evaluation(
             Condition.TRUE,
             "OpenRouter refused the API key: it is invalid or is not a management key",
+            "the API key is refused",
         )
     holds = streak.failures >= rule.consecutive
     last = f": {streak.last_error}" if streak.last_error else ""
-    return Evaluation(cond(holds), f"{streak.failures} fetches in a row failed{last}")
+    return Evaluation(cond(holds), f"{streak.failures} fetches in a row failed{last}",
+                      f"{streak.failures} fetches failed")
 
 
 TYPE = RuleType("fetch_failure", FetchFailureRule, evaluate, no_history, {"consecutive": 3})

@@ -48,7 +48,8 @@ def evaluate(rule: KeyLimitRule, facts: Facts) -> Evaluation:
     holds = remaining < line
     relation = "below" if holds else "not below"
     return Evaluation(cond(holds), f"{key.shown}: {money(remaining)} of its {money(key.limit)} limit "
-                                   f"left, {relation} {money(line)}")
+                                   f"left, {relation} {money(line)}",
+                      f"{key.name}, {money(remaining)} of {money(key.limit)} left")
 
 
 TYPE = RuleType("key_limit", KeyLimitRule, evaluate, no_history, {"below_percent": 10.0}, per_key=True)

@@ -35,7 +35,8 @@ def evaluate(rule: KeySpendRule, facts: Facts) -> Evaluation:
     holds = spent > rule.above
     relation = "above" if holds else "not above"
     return Evaluation(cond(holds), f"{key.shown} spent {money(spent)} {PERIODS[rule.period]} (UTC), "
-                                   f"{relation} {money(rule.above)}")
+                                   f"{relation} {money(rule.above)}",
+                      f"{key.name}, {money(spent)} {PERIODS[rule.period]}")
 
 
 TYPE = RuleType("key_spend", KeySpendRule, evaluate, no_history, {"period": "day", "above": 5.0},

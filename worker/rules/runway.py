@@ -31,7 +31,7 @@ def evaluate(rule: RunwayRule, facts: Facts) -> Evaluation:
     holds = hours < limit
     relation = "less" if holds else "no less"
     summary = f"about {hours_text(hours)} of credit left, {relation} than {format_duration(rule.below)}"
-    return Evaluation(cond(holds), summary)
+    return Evaluation(cond(holds), summary, f"about {hours_text(hours)} left")
 
 
 def _window(rule: RunwayRule) -> timedelta:

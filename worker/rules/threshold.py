@@ -44,7 +44,8 @@ def evaluate(rule: ThresholdRule, facts: Facts) -> Evaluation:
         described = money(rule.clear_above)  # the line a resolve has to cross
     if holds and facts.firing and remaining >= limit:
         relation = "not yet back above"
-    return Evaluation(cond(holds), f"remaining {money(remaining)} is {relation} {described}")
+    return Evaluation(cond(holds), f"remaining {money(remaining)} is {relation} {described}",
+                      f"{money(remaining)} left")
 
 
 def _limit(rule: ThresholdRule, latest: Reading) -> tuple[float, str]:

@@ -21,15 +21,15 @@ from worker.tables import (
 def load_states(session: Session, account: str) -> dict[tuple[str, str], AlertState]:
     """Every stored alert of the account, by (rule, key); an alert not stored is inactive."""
     rows = session.scalars(select(AlertStateRow).where(AlertStateRow.account == account))
-    return {(row.rule, row.key): _state(row) for row in rows}
+    return {(row.rule, row.key): state_of(row) for row in rows}
 
 
-def _state(row: AlertStateRow) -> AlertState:
+def state_of(row: AlertStateRow) -> AlertState:
     return AlertState(
         rule=row.rule, status=Status(row.status), pending_since=row.pending_since,
         firing_since=row.firing_since, last_sent_at=row.last_sent_at,
         period=row.period, repeats=row.repeats, summary=row.summary,
-        account=row.account, key=row.key, key_name=row.key_name,
+        account=row.account, key=row.key, key_name=row.key_name, muted=row.muted,
     )
 
 
@@ -45,5 +45,6 @@ def save_state(session: Session, state: AlertState, severity: Severity, now: dat
     row.period = state.period
     row.repeats = state.repeats
     row.summary = state.summary[:500]
+    row.muted = state.muted
     row.updated_at = now
     session.add(row)

@@ -28,6 +28,7 @@ def enqueue(session: Session, messages: Sequence[Message], now: datetime) -> Non
                 created_at=now, account=m.account, rule=m.rule, channel=m.channel, reason=m.reason.value,
                 severity=m.severity.value, key=m.key, title=m.title, body=m.body,
                 notify_type=m.notify_type, status=OutboxStatus.PENDING.value, attempts=0,
+                attachment=m.attachment,
             )
         )
 
@@ -72,10 +73,11 @@ def claim(session: Session, seen: Head, now: datetime, lease: timedelta, me: str
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
     row = session.execute(
-        select(OutboxRow.key, OutboxRow.title, OutboxRow.body, OutboxRow.notify_type)
+        select(OutboxRow.key, OutboxRow.title, OutboxRow.body, OutboxRow.notify_type, OutboxRow.attachment)
         .where(OutboxRow.id == seen.id)
     ).one()
-    return Outgoing(seen.id, seen.channel, row.key, row.title, row.body, row.notify_type, seen.attempts + 1)
+    return Outgoing(seen.id, seen.channel, row.key, row.title, row.body, row.notify_type, seen.attempts + 1,
+                    row.attachment)
 
 
 def mark_delivered(session: Session, row_id: int, now: datetime) -> None:
