@@ -115,6 +115,32 @@ def test_record_fetch_stores_attempts_and_readings_only_for_ok(
     assert latest == Reading(T0, 100.0, 1.0)
 
 
+def test_old_attempts_are_pruned_oldest_first_up_to_the_first_recent_one(
+        factory: sessionmaker[Session]) -> None:
+    # Stamps in storage order: two old, one stamped in the future (a clock stepped forward,
+    # then back), one more old, then the newest. Retention walks the primary key: it takes the
+    # two old ones, stops at the future one, and never takes the newest.
+    stamps = [T0, T0 + timedelta(minutes=1), T0 + timedelta(days=3), T0 + timedelta(minutes=2),
+              T0 + timedelta(minutes=3)]
+    with factory.begin() as s:
+        for at in stamps:
+            store.record_fetch(s, A, at, TRANSIENT)
+    cutoff = T0 + timedelta(days=1)
+
+    with factory.begin() as s:
+        assert store.delete_attempts_before(s, cutoff, batch=1) == 1  # the batch bounds it
+    with factory.begin() as s:
+        assert store.delete_attempts_before(s, cutoff, batch=500) == 1
+    with factory.begin() as s:
+        assert store.delete_attempts_before(s, cutoff, batch=500) == 0
+        left = [a.at for a in s.query(FetchAttemptRow).order_by(FetchAttemptRow.id)]
+    assert left == stamps[2:]
+    with factory.begin() as s:  # once the future stamp is old too, the rest goes but the newest
+        assert store.delete_attempts_before(s, T0 + timedelta(days=4), batch=500) == 2
+        left = [a.at for a in s.query(FetchAttemptRow).order_by(FetchAttemptRow.id)]
+    assert left == stamps[4:]
+
+
 def test_a_long_error_message_is_cut_to_the_column(factory: sessionmaker[Session]) -> None:
     long = FetchOutcome(FetchKind.TRANSIENT, message="x" * 2000)
     _record(factory, [long])

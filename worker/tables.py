@@ -35,7 +35,7 @@ class FetchAttemptRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     account: Mapped[str] = mapped_column(String(64), default=DEFAULT_ACCOUNT, server_default=DEFAULT_ACCOUNT)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)  # no index: retention walks `id`
     kind: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(String(500))
     streak: Mapped[int] = mapped_column(Integer, default=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from itertools import takewhile
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -164,12 +165,24 @@ def delete_rollups_before(session: Session, cutoff: datetime, batch: int) -> int
 
 
 def delete_attempts_before(session: Session, cutoff: datetime, batch: int) -> int:
-    """Old fetch attempts, but never the newest: it carries the failure streak."""
+    """Old fetch attempts, but never the newest: it carries the failure streak.
+
+    Attempts are stored in time order, so this walks the primary key from the oldest and
+    stops at the first attempt not older than `cutoff`: no index on `at` (it would cost as
+    much room as the column itself), and a check with nothing to prune reads one row. An
+    attempt stamped in the future by a clock step only holds back the ones stored after
+    it, until its own time passes."""
     newest = session.scalar(select(func.max(FetchAttemptRow.id)))
     if newest is None:
         return 0
-    old = (FetchAttemptRow.at < cutoff) & (FetchAttemptRow.id < newest)
-    return _delete_batch(session, FetchAttemptRow, old, FetchAttemptRow.at, batch)
+    oldest_first = session.execute(
+        select(FetchAttemptRow.id, FetchAttemptRow.at).where(FetchAttemptRow.id < newest)
+        .order_by(FetchAttemptRow.id).limit(batch)
+    )
+    ids = [row_id for row_id, _ in takewhile(lambda row: row[1] < cutoff, oldest_first)]
+    if ids:
+        session.execute(delete(FetchAttemptRow).where(FetchAttemptRow.id.in_(ids)))
+    return len(ids)
 
 
 def _rollup_points(session: Session, account: str, start: datetime, end: datetime) -> list[Reading]:
