@@ -32,9 +32,9 @@ from worker.reports import (
     status_json,
     status_text,
 )
-from worker.runner import Runner, log_tick, ping
 from worker.settings import Settings, SettingsError, parse_settings
 from worker.text import escape_controls
+from worker.tickend import log_tick, ping
 
 log = logging.getLogger("creditwatch")
 
@@ -115,6 +115,7 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int
 
 
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str]:
+    from worker.runner import Runner  # lazy: the server, metrics and page are `run`'s alone
     from worker.service import serve  # lazy: APScheduler is needed by `run` alone
 
     app = load(args, environ, need_key=True, inspect_in_child=True)

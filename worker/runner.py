@@ -1,5 +1,5 @@
-"""`run`'s duties around each tick: the log line, metrics, health, the heartbeat, and the
-server that shows them; and the heartbeat for `check`."""
+"""`run`'s duties around each tick: the log line, metrics, health, the heartbeat, the leader
+lease, and the server that shows them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import db, health, logs
+from worker import db, health
 from worker.app import App
 from worker.heartbeat import Heartbeat
 from worker.leader import Leader, Standing
@@ -18,35 +18,10 @@ from worker.lease import LostLease
 from worker.metrics import Metrics
 from worker.reports import summary_line
 from worker.server import Page, Route, Server, text
-from worker.snapshot import TickReport
 from worker.statusroutes import StatusPages
+from worker.tickend import log_tick, ping
 
 log = logging.getLogger("creditwatch")
-
-
-def ping(beat: Heartbeat | None, ok: bool) -> None:
-    """The heartbeat after a tick (`/fail` when its fetch failed); a failed ping is a WARNING."""
-    if beat is None:
-        return
-    result = beat.ping(ok)
-    if not result.ok:
-        log.warning("heartbeat: %s", result.message)
-
-
-def log_tick(report: TickReport) -> None:
-    """The one line per tick, with its figures as fields for JSON logs."""
-    latest = report.snapshot.latest
-    outcome = report.outcome
-
-    def rules(reason: str) -> list[str]:
-        return [t.rule for t in report.transitions if t.reason.value == reason]
-
-    remaining = latest.remaining if latest else None
-    fields = logs.fields(event="tick", fetch=outcome.kind.value, remaining=remaining,
-                         duration_s=round(report.seconds, 3), fired=rules("first"), repeated=rules("repeat"),
-                         resolved=rules("resolved"), delivered=report.delivered, failed=report.failed)
-    level = logging.INFO if outcome.ok else logging.WARNING
-    log.log(level, summary_line(report), extra=fields)
 
 
 class Runner:
