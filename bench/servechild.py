@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import commands, db
+from worker import commands, db, procs
 from worker.reports import summary_line
 from worker.service import serve
 
@@ -106,6 +106,7 @@ def _tree_rss_kb() -> int:
 def main(argv: list[str]) -> int:
     config, out, interval_ms, last = argv
     # From here on this is commands.cmd_run, but for the interval, the clock and the probe.
+    procs.limit_malloc_arenas()
     app = commands.load(argparse.Namespace(config=config, log_level="INFO"), os.environ, need_key=True,
                         inspect_in_child=True)
     app.migrate_in_child()

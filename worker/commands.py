@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import db, logs, store
+from worker import db, logs, procs, store
 from worker.app import App, build, sender_factory
 from worker.config_view import render_settings
 from worker.delivery import Delivered, Result
@@ -118,6 +118,7 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, 
     from worker.runner import Runner  # lazy: the server, metrics and page are `run`'s alone
     from worker.service import serve  # lazy: APScheduler is needed by `run` alone
 
+    procs.limit_malloc_arenas()  # before any thread: see its docstring
     app = load(args, environ, need_key=True, inspect_in_child=True)
     app.migrate_in_child()
     runner = Runner(app)  # drops the messages of removed channels when it takes the lease
