@@ -120,6 +120,7 @@ def main(argv: list[str]) -> int:
             log.error("tick failed, will retry at the next one: %s", app.database_problem(err))
         except Exception as err:  # noqa: BLE001 - as in cmd_run: the service outlives a tick's bug
             log.error("tick failed, will retry at the next one: %s", app.redact(repr(err)))
+        procs.trim_malloc()  # as Runner.tick does
         probe.after_tick()
 
     interval = timedelta(milliseconds=float(interval_ms))

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import db, health
+from worker import db, health, procs
 from worker.app import App
 from worker.heartbeat import Heartbeat
 from worker.leader import Leader, Standing
@@ -102,6 +102,7 @@ class Runner:
             self.pages.tick_ended()  # draws the new reading's charts in the background
         self._ended(database_failed=False)
         ping(self.heartbeat, report.outcome.ok)
+        procs.trim_malloc()  # the tick's garbage goes back to the system, not to a high-water mark
         return summary_line(report)
 
     def _stand(self, standing: Standing) -> None:

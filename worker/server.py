@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from worker import procs
+
 log = logging.getLogger("creditwatch.server")
 READ_TIMEOUT = 5.0
 
@@ -79,6 +81,12 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.routes = routes
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            procs.trim_malloc()  # the answer's garbage (a 30-day page is 1 MB) goes back at once
 
 
 class Server:
