@@ -27,26 +27,21 @@ def record(key: ApiKey, now: datetime) -> KeyRecord:
                      key.usage, key.usage_daily, key.usage_weekly, key.usage_monthly, now)
 
 
-def _figures(r: KeyRecord) -> tuple[object, ...]:
-    return (r.name, r.label, r.limit, r.limit_remaining, r.limit_reset, r.usage, r.usage_daily,
-            r.usage_weekly, r.usage_monthly)
-
-
 def plan(stored: Mapping[str, KeyRecord], current: Sequence[ApiKey], now: datetime) -> KeyPlan:
     """The writes that bring `stored` up to `current` (the keys listed this tick)."""
     write = []
     for key in current:
         old = stored.get(key.id)
-        if old is None or _figures(old) != _key_figures(key) or _stale(old, now):
+        if (old is None  # new, or a figure moved (the usages first: what moves most), or due again
+                or (old.usage_daily, old.usage, old.limit_remaining, old.usage_weekly,
+                    old.usage_monthly, old.limit, old.limit_reset, old.name, old.label)
+                != (key.usage_daily, key.usage, key.limit_remaining, key.usage_weekly,
+                    key.usage_monthly, key.limit, key.limit_reset, key.name, key.label)
+                or _stale(old, now)):
             write.append(record(key, now))
     listed = {k.id for k in current}
     gone = tuple(sorted(i for i in stored if i not in listed))
     return KeyPlan(tuple(write), gone)
-
-
-def _key_figures(k: ApiKey) -> tuple[object, ...]:
-    return (k.name, k.label, k.limit, k.limit_remaining, k.limit_reset, k.usage, k.usage_daily,
-            k.usage_weekly, k.usage_monthly)
 
 
 def _stale(old: KeyRecord, now: datetime) -> bool:
@@ -56,6 +51,7 @@ def _stale(old: KeyRecord, now: datetime) -> bool:
 
 def apply(stored: Mapping[str, KeyRecord], planned: KeyPlan) -> dict[str, KeyRecord]:
     """`stored` as it is once the plan is written."""
-    after = {i: r for i, r in stored.items() if i not in set(planned.gone)}
+    gone = set(planned.gone)
+    after = {i: r for i, r in stored.items() if i not in gone}
     after.update({r.id: r for r in planned.write})
     return after

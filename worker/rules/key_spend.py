@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Literal
 
 from worker.domain import ApiKey, Evaluation
@@ -11,6 +13,10 @@ from worker.rules.keyrules import KeyRuleBase, unjudged
 from worker.settings_base import Amount
 
 PERIODS = {"day": "today", "week": "this week", "month": "this month"}
+_SPENT: dict[str, Callable[[ApiKey], float]] = {  # the period's usage, no dict built per call
+    "day": attrgetter("usage_daily"), "week": attrgetter("usage_weekly"),
+    "month": attrgetter("usage_monthly"),
+}
 
 
 class KeySpendRule(KeyRuleBase):
@@ -22,7 +28,7 @@ class KeySpendRule(KeyRuleBase):
         return self.spent(key) > self.above
 
     def spent(self, key: ApiKey) -> float:
-        return {"day": key.usage_daily, "week": key.usage_weekly, "month": key.usage_monthly}[self.period]
+        return _SPENT[self.period](key)
 
 
 def evaluate(rule: KeySpendRule, facts: Facts) -> Evaluation:

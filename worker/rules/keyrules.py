@@ -4,6 +4,7 @@ facts of a key that is gone."""
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -30,12 +31,18 @@ class KeyRuleBase(RuleBase):
     def watches(self, key: ApiKey) -> bool:
         if self.keys == ("*",):
             return True  # the default, and the common case with thousands of keys
-        return any(fnmatchcase(key.name, glob) or fnmatchcase(key.label, glob) for glob in self.keys)
+        return _matches(self.keys, key.name, key.label)
 
     def holds(self, key: ApiKey) -> bool:
         """The rule's condition for a key, without the sentence: the cheap test that lets a
         tick skip the thousands of keys that are quiet and were never alerted."""
         raise NotImplementedError
+
+
+@lru_cache(maxsize=65_536)  # the same keys come back every tick: match each name once
+def _matches(globs: tuple[str, ...], name: str, label: str) -> bool:
+    """Whether a key's name or label matches one of `globs`."""
+    return any(fnmatchcase(name, glob) or fnmatchcase(label, glob) for glob in globs)
 
 
 def unjudged(facts: Facts) -> Evaluation | None:
