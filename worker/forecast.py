@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -20,7 +21,8 @@ def burn_rate(readings: Sequence[Reading], now: datetime, window: timedelta) -> 
     total_usage adds nothing, so the rate is never negative. Fewer than two readings
     is unknown.
     """
-    inside = sorted((r for r in readings if now - window <= r.fetched_at <= now), key=lambda r: r.fetched_at)
+    since = now - window
+    inside = sorted([r for r in readings if since <= r.fetched_at <= now], key=_fetched_at)
     if len(inside) < 2:
         return None
     start = inside[0].fetched_at
@@ -30,19 +32,22 @@ def burn_rate(readings: Sequence[Reading], now: datetime, window: timedelta) -> 
     return _slope(xs, _monotone_usage(inside))
 
 
+_fetched_at = operator.attrgetter("fetched_at")
+
+
 def _monotone_usage(readings: Sequence[Reading]) -> list[float]:
     """total_usage with every decrease flattened to zero spend."""
-    out = [0.0]
-    for before, after in itertools.pairwise(readings):
-        out.append(out[-1] + max(0.0, after.total_usage - before.total_usage))
-    return out
+    usage = [r.total_usage for r in readings]
+    spent = [max(0.0, after - before) for before, after in itertools.pairwise(usage)]
+    return list(itertools.accumulate(spent, initial=0.0))
 
 
 def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    # List comprehensions rather than generators: the same sums, term by term, in less time.
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx = sum([(x - mx) ** 2 for x in xs])
+    sxy = sum([(x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)])
     return max(0.0, sxy / sxx)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from worker.domain import Reason
 from worker.messages import idempotency_key
-from worker.store.alerts import state_of
+from worker.store.alerts import STATES, state_of
 from worker.tables import AlertStateRow, DigestRow, OutboxRow
 
 _FIRST_REF = re.compile(r"^ref: (\S+/first)$", re.MULTILINE)
@@ -34,8 +34,8 @@ def fired_between(session: Session, account: str, start: datetime, end: datetime
         select(OutboxRow.body).where(OutboxRow.account == account, OutboxRow.reason != Reason.DIGEST.value,
                                      OutboxRow.created_at >= start, OutboxRow.created_at < end))
     refs = {ref for body in bodies for ref in _FIRST_REF.findall(body)}
-    standing = session.scalars(
-        select(AlertStateRow).where(AlertStateRow.account == account, AlertStateRow.firing_since >= start,
-                                    AlertStateRow.firing_since < end))
+    standing = session.execute(
+        STATES.where(AlertStateRow.account == account, AlertStateRow.firing_since >= start,
+                     AlertStateRow.firing_since < end))
     refs.update(idempotency_key(state_of(row), Reason.FIRST, named) for row in standing)
     return sorted(refs)

@@ -13,7 +13,7 @@ from worker.domain import (
     Message,
 )
 from worker.sendpolicy import UNDELIVERED, Backlog, Head, OutboxStatus, Outgoing
-from worker.store.base import _delete_batch
+from worker.store.base import _delete_batch, plain
 from worker.tables import (
     OutboxRow,
 )
@@ -33,10 +33,17 @@ def enqueue(session: Session, messages: Sequence[Message], now: datetime) -> Non
         )
 
 
+# Run once a tick each (delivery, the tick's snapshot): built once, plain rows.
+_CHANNELS_WAITING = select(OutboxRow.channel).distinct().where(OutboxRow.status.in_(_UNDELIVERED))
+_BACKLOG_COUNTS = (
+    select(OutboxRow.channel, func.count()).where(OutboxRow.status.in_(_UNDELIVERED))
+    .group_by(OutboxRow.channel)
+)
+
+
 def channels_waiting(session: Session) -> set[str]:
     """The channels that have at least one undelivered message (one index scan)."""
-    query = select(OutboxRow.channel).distinct().where(OutboxRow.status.in_(_UNDELIVERED))
-    return set(session.scalars(query))
+    return set(plain(session).execute(_CHANNELS_WAITING).scalars().all())
 
 
 def head(session: Session, channel: str) -> Head | None:
@@ -151,13 +158,7 @@ def undelivered_count(session: Session) -> int:
 
 def backlog_counts(session: Session) -> dict[str, int]:
     """Undelivered messages per channel (one grouped index scan)."""
-    rows = session.execute(
-        select(OutboxRow.channel, func.count()).where(OutboxRow.status.in_(_UNDELIVERED))
-        .group_by(OutboxRow.channel)
-    ).all()
-    return {str(channel): int(count) for channel, count in rows}
-
-
+    return {str(channel): int(count) for channel, count in plain(session).execute(_BACKLOG_COUNTS).all()}
 
 
 def delete_finished_messages_before(session: Session, cutoff: datetime, batch: int) -> int:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from itertools import takewhile
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from worker.domain import (
@@ -19,12 +19,33 @@ from worker.domain import (
     Reading,
 )
 from worker.rollup import Rollup, fold, hour_of
-from worker.store.base import _delete_batch
+from worker.store.base import _delete_batch, plain
 from worker.tables import (
     FetchAttemptRow,
     ReadingRow,
     RollupRow,
 )
+
+# The per-tick statements, built once: building and hashing a statement costs about as
+# much as running it. They run on plain(session) and read plain columns, not ORM objects.
+_LATEST = (
+    select(ReadingRow.fetched_at, ReadingRow.total_credits, ReadingRow.total_usage, ReadingRow.timeline)
+    .where(ReadingRow.account == bindparam("account")).order_by(ReadingRow.id.desc()).limit(1)
+)
+_LAST_STREAK = (
+    select(FetchAttemptRow.streak, FetchAttemptRow.streak_auth)
+    .where(FetchAttemptRow.account == bindparam("account")).order_by(FetchAttemptRow.id.desc()).limit(1)
+)
+_WINDOW = (
+    select(ReadingRow.fetched_at, ReadingRow.total_credits, ReadingRow.total_usage)
+    .where(ReadingRow.fetched_at >= bindparam("start"), ReadingRow.fetched_at <= bindparam("end"),
+           ReadingRow.account == bindparam("account"))
+    .order_by(ReadingRow.id)
+)
+_TIMELINE_WINDOW = _WINDOW.where(ReadingRow.timeline == bindparam("timeline"))
+# MIN over an indexed column: an index walk from the oldest row to the timeline's first.
+_TIMELINE_OLDEST = select(func.min(ReadingRow.fetched_at)).where(
+    ReadingRow.account == bindparam("account"), ReadingRow.timeline == bindparam("timeline"))
 
 
 def record_fetch(session: Session, account: str, now: datetime, outcome: FetchOutcome,
@@ -33,44 +54,44 @@ def record_fetch(session: Session, account: str, now: datetime, outcome: FetchOu
     failure streak it makes. `attempt` is how the tick's reading went when it differs from the
     balance fetch's own outcome (the keys could not be read)."""
     attempt = attempt or outcome
-    previous = session.scalars(
-        select(FetchAttemptRow).where(FetchAttemptRow.account == account)
-        .order_by(FetchAttemptRow.id.desc()).limit(1)
-    ).first()
+    conn = plain(session)
+    # Added, not executed: the rows are written when the session flushes, as callers expect.
     if outcome.ok:
-        timeline = _timeline_for(session, account, now)
         session.add(ReadingRow(account=account, fetched_at=now, total_credits=outcome.total_credits,
-                               total_usage=outcome.total_usage, timeline=timeline))
-    outcome = attempt
-    if outcome.ok:
-        streak = FetchStreak()
-    else:
-        before = previous.streak if previous else 0
-        auth_before = bool(previous and previous.streak_auth)
-        streak = FetchStreak(before + 1, auth_before or outcome.kind is FetchKind.AUTH, outcome.message)
-    session.add(
-        FetchAttemptRow(
-            account=account, at=now, kind=outcome.kind.value, message=outcome.message[:500] or None,
-            streak=streak.failures, streak_auth=streak.auth,
-        )
-    )
+                               total_usage=outcome.total_usage, timeline=_timeline_for(conn, account, now)))
+    # An ok attempt ends any streak: only a failed one reads the streak it extends.
+    streak = FetchStreak() if attempt.ok else _extended(conn, account, attempt)
+    session.add(FetchAttemptRow(account=account, at=now, kind=attempt.kind.value,
+                                message=attempt.message[:500] or None, streak=streak.failures,
+                                streak_auth=streak.auth))
     return streak
 
 
-def _timeline_for(session: Session, account: str, now: datetime) -> int:
+def _extended(conn: Connection, account: str, failed: FetchOutcome) -> FetchStreak:
+    """The streak of the account's newest attempt, one failure longer."""
+    previous = conn.execute(_LAST_STREAK, {"account": account}).first()
+    before, auth_before = (previous.streak, bool(previous.streak_auth)) if previous else (0, False)
+    return FetchStreak(before + 1, auth_before or failed.kind is FetchKind.AUTH, failed.message)
+
+
+def _timeline_for(conn: Connection, account: str, now: datetime) -> int:
     """The timeline of a reading stored at `now`: the clock-step mechanism. A reading stored
     more than CLOCK_STEP before the one stored before it starts a new timeline."""
-    latest = _latest_row(session, account)
+    latest = _latest(conn, account)
     if latest is None:
         return 0
-    stepped_back = now < latest.fetched_at - CLOCK_STEP
-    return latest.timeline + 1 if stepped_back else latest.timeline
+    reading, timeline = latest
+    stepped_back = now < reading.fetched_at - CLOCK_STEP
+    return timeline + 1 if stepped_back else timeline
 
 
-def _latest_row(session: Session, account: str) -> ReadingRow | None:
-    return session.scalars(
-        select(ReadingRow).where(ReadingRow.account == account).order_by(ReadingRow.id.desc()).limit(1)
-    ).first()
+def _latest(conn: Connection, account: str) -> tuple[Reading, int] | None:
+    """The account's newest reading and its timeline."""
+    row = conn.execute(_LATEST, {"account": account}).first()
+    if row is None:
+        return None
+    at, credits, usage, timeline = row
+    return Reading(at, credits, usage), timeline
 
 
 def last_fetch(session: Session, account: str) -> FetchRecord | None:
@@ -83,23 +104,27 @@ def last_fetch(session: Session, account: str) -> FetchRecord | None:
 
 
 def latest_reading(session: Session, account: str) -> Reading | None:
-    row = _latest_row(session, account)
-    return _reading(row) if row else None
+    latest = _latest(plain(session), account)
+    return latest[0] if latest else None
 
 
 def readings_between(session: Session, account: str, start: datetime, end: datetime,
                      timeline: int | None = None) -> list[Reading]:
     """The account's readings with start <= fetched_at <= end in the order they were stored
     (which is time order unless the wall clock stepped back): an index range scan."""
+    return _readings_between(plain(session), account, start, end, timeline)
+
+
+def _readings_between(conn: Connection, account: str, start: datetime, end: datetime,
+                      timeline: int | None) -> list[Reading]:
     # Plain columns, not ORM objects: building ~360 objects a tick was most of its cost.
-    query = (
-        select(ReadingRow.fetched_at, ReadingRow.total_credits, ReadingRow.total_usage)
-        .where(ReadingRow.fetched_at >= start, ReadingRow.fetched_at <= end, ReadingRow.account == account)
-        .order_by(ReadingRow.id)
-    )
-    if timeline is not None:
-        query = query.where(ReadingRow.timeline == timeline)
-    return [Reading(at, credits, usage) for at, credits, usage in session.execute(query)]
+    # all(): one fetch for the ~360 rows; iterating the result would fetch them one by one.
+    params = {"account": account, "start": start, "end": end}
+    if timeline is None:
+        rows = conn.execute(_WINDOW, params).all()
+    else:
+        rows = conn.execute(_TIMELINE_WINDOW, params | {"timeline": timeline}).all()
+    return [Reading(at, credits, usage) for at, credits, usage in rows]
 
 
 def history_between(session: Session, account: str, start: datetime, end: datetime) -> list[Reading]:
@@ -113,14 +138,15 @@ def history_between(session: Session, account: str, start: datetime, end: dateti
 def forecast_history(session: Session, account: str, start: datetime, end: datetime) -> list[Reading]:
     """The window as the forecast sees it: only the readings stored since the wall
     clock last stepped back (and rollups only while it never has)."""
-    latest = _latest_row(session, account)
+    conn = plain(session)
+    latest = _latest(conn, account)
     if latest is None:
         return []
-    raw = readings_between(session, account, start, end, latest.timeline)
-    if latest.timeline > 0:
+    _, timeline = latest
+    raw = _readings_between(conn, account, start, end, timeline)
+    if timeline > 0:
         return raw
-    oldest = session.scalar(select(func.min(ReadingRow.fetched_at))
-                            .where(ReadingRow.account == account, ReadingRow.timeline == 0))
+    oldest = conn.execute(_TIMELINE_OLDEST, {"account": account, "timeline": 0}).scalar()
     return _with_rollups(session, account, raw, oldest, start, end)
 
 
@@ -132,10 +158,6 @@ def _with_rollups(session: Session, account: str, raw: list[Reading], oldest: da
     older = [p for p in _rollup_points(session, account, start, until)
              if oldest is None or p.fetched_at < oldest]
     return older + raw
-
-
-def _reading(row: ReadingRow) -> Reading:
-    return Reading(row.fetched_at, row.total_credits, row.total_usage)
 
 
 def fold_readings_before(session: Session, cutoff: datetime, batch: int) -> int:

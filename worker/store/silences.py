@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from worker.domain import Silence
-from worker.store.base import _delete_batch
+from worker.store.base import _delete_batch, plain
 from worker.tables import SilenceRow
 
 
@@ -23,12 +23,17 @@ def add_silence(session: Session, rule: str, account: str | None, starts_at: dat
     return row.id
 
 
+# A silence's columns, plain (no ORM objects), in the order of Silence's fields.
+_ALL = select(SilenceRow.id, SilenceRow.rule, SilenceRow.account, SilenceRow.starts_at, SilenceRow.ends_at,
+              SilenceRow.comment).order_by(SilenceRow.id)
+_NOT_ENDED = _ALL.where(SilenceRow.ends_at > bindparam("now"))
+
+
 def silences(session: Session, now: datetime | None = None) -> list[Silence]:
     """Every stored silence (or, given `now`, those that have not ended), oldest first."""
-    query = select(SilenceRow).order_by(SilenceRow.id)
-    if now is not None:
-        query = query.where(SilenceRow.ends_at > now)
-    return [_silence(row) for row in session.scalars(query)]
+    conn = plain(session)
+    rows = (conn.execute(_ALL) if now is None else conn.execute(_NOT_ENDED, {"now": now})).all()
+    return [Silence(*row) for row in rows]
 
 
 def _silence(row: SilenceRow) -> Silence:
