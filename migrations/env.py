@@ -1,5 +1,6 @@
 """Alembic environment: the URL comes from the caller; batch mode on SQLite;
-a PostgreSQL advisory lock so replicas starting together do not race."""
+replicas starting together do not race: a PostgreSQL advisory lock, or on SQLite one
+write transaction around the whole upgrade."""
 
 from __future__ import annotations
 
@@ -26,12 +27,19 @@ def _engine() -> Engine:
 
 
 def _migrate(engine: Engine) -> None:
+    sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
-            render_as_batch=engine.dialect.name == "sqlite",
+            render_as_batch=sqlite,
             compare_type=True,
+            # SQLite runs DDL inside a transaction, but Alembic assumes it does not and
+            # commits after each migration, so replicas starting together on one fresh file
+            # would interleave (two adding the same column). As one transaction, begun
+            # IMMEDIATE (worker.db), the upgrade holds the file's write lock throughout and
+            # reads the version inside it: the others wait, then find the file at head.
+            transactional_ddl=True if sqlite else None,
         )
         with context.begin_transaction():
             context.run_migrations()
