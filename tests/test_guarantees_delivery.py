@@ -257,8 +257,8 @@ def test_backoff_and_give_up_are_visible_in_logs_and_status(
     cfg = settings(tmp_path, fake_api, {"hook": webhook.apprise_url()},
                    alerts='give_up_after = "6s"', interval="1m")
 
-    enqueued = time.monotonic()
     first = run_cli("check", config=cfg, env=ENV)
+    enqueued = time.monotonic()  # the message was stamped before the check ended, not after
     assert first.code == 1, first
     assert "channel hook did not accept low#1/first (try 1)" in first.stderr, first.stderr
     assert "next try at" in first.stderr
