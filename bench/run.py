@@ -1,6 +1,6 @@
 """creditwatch benchmarks (issue 5): one table of medians beside their targets.
 
-    .venv/bin/python bench/run.py            # everything, ~9 minutes on 2 cores
+    .venv/bin/python bench/run.py            # everything, ~8 minutes on 2 cores
     .venv/bin/python bench/run.py --only tick memory
     .venv/bin/python bench/run.py --profile  # cProfile of 200 in-process ticks instead
 
