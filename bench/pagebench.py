@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from procfs import status_kb
 from seeding import Series, check_timestamp_format, insert_history
 from table import MB, Figure, render_table
 from testbed import CREDITS, Servers, environ, servers, settings_text, write_settings
@@ -70,13 +71,6 @@ def get(url: str) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, len(body)
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def measure(folder: Path, srv: Servers) -> Measured:
     series = seed_year(folder / "year.db")
     srv.api.set_balance(CREDITS, series.usage(DAYS * PER_DAY + 2))
@@ -90,12 +84,12 @@ def measure(folder: Path, srv: Servers) -> Measured:
                                  stderr=log)
         try:
             _wait_for_first_tick(base, child)
-            before = rss_kb(child.pid)
+            before = status_kb("VmRSS", child.pid)
             first, cached, sizes = {}, {}, {}
             for span in SPANS:
                 first[span], sizes[span] = get(f"{base}/?span={span}")
                 cached[span] = [get(f"{base}/?span={span}")[0] for _ in range(CACHED_RUNS)]
-            after = rss_kb(child.pid)
+            after = status_kb("VmRSS", child.pid)
         finally:
             child.terminate()
             child.wait(60)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from procfs import status_kb, tree_rss_kb
 from worker import commands, db, procs
 from worker.reports import summary_line
 from worker.service import serve
@@ -57,50 +58,16 @@ class Probe:
     def after_tick(self) -> None:
         self._ticks += 1
         if self._ticks % EVERY == 0 or self._ticks == self._last:
-            self._rss_kb[self._ticks] = _tree_rss_kb()
+            self._rss_kb[self._ticks] = tree_rss_kb(os.getpid())
         if self._ticks == self._last:
             self._write()
 
     def _write(self) -> None:
-        result = {"rss_kb": self._rss_kb, "hwm_kb": _status_kb("VmHWM"),
+        result = {"rss_kb": self._rss_kb, "hwm_kb": status_kb("VmHWM"),
                   "seconds": time.monotonic() - self._started}
         partial = self._out.with_suffix(".partial")
         partial.write_text(json.dumps(result), encoding="utf-8")
         partial.replace(self._out)  # atomic: the parent never reads half a file
-
-
-def _status_kb(field: str, pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    msg = f"/proc/{pid}/status has no {field}"
-    raise RuntimeError(msg)
-
-
-def _tree_rss_kb() -> int:
-    """VmRSS of this process and every live descendant (sender children, were any running)."""
-    me = os.getpid()
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-    tree, frontier = {me}, [me]
-    while frontier:
-        pid = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == pid]
-        tree.update(children)
-        frontier += children
-    total = 0
-    for pid in tree:
-        try:
-            total += _status_kb("VmRSS", pid)
-        except (OSError, RuntimeError):
-            continue  # it ended meanwhile
-    return total
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from procfs import tree_rss_kb
 from table import MB, Figure, median
 from testbed import BIN, Servers, environ, load, settings_text, write_settings
 from worker.runner import Runner
@@ -126,32 +127,6 @@ def scrape_while_ticking(folder: Path, srv: Servers) -> tuple[list[float], int, 
                 proc.kill()
                 proc.wait()
     return samples, ticks, rss, f"exit code {code} on SIGTERM (0 expected)"
-
-
-def tree_rss_kb(root: int) -> int:
-    """VmRSS of `root` and every live descendant (sender and chart children, were any running)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == pid]
-        tree.update(children)
-        frontier += children
-    total = 0
-    for pid in tree:
-        try:
-            lines = Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines()
-        except OSError:
-            continue  # it ended meanwhile
-        total += next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
-    return total
 
 
 def measure(folder: Path, srv: Servers) -> Measured:

@@ -152,15 +152,21 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[i
     since = parse_since(args.since)
     app = load(args, environ)
     account = _account(app, args.account)
+    readings, _now = history_of(app, account, since)
+    render = {"json": history_json, "csv": history_csv, "table": history_table}[args.format]
+    return 0, render(readings)
+
+
+def history_of(app: App, account: str, since: timedelta) -> tuple[list[Reading], datetime]:
+    """The account's readings over the last `since` (rollups past the raw data), and `now`:
+    what `history` prints and `chart` draws."""
     _require_schema(app)
     now = db.now_utc()
     try:
         with app.deps.sessions() as session:
-            readings: list[Reading] = store.history_between(session, account, now - since, now)
+            return store.history_between(session, account, now - since, now), now
     except SQLAlchemyError as err:
         raise app.database_problem(err) from None
-    render = {"json": history_json, "csv": history_csv, "table": history_table}[args.format]
-    return 0, render(readings)
 
 
 def _account(app: App, name: str | None) -> str:

@@ -55,6 +55,11 @@ def key_id(key_hash: str) -> str:
     return hashlib.sha256(key_hash.encode()).hexdigest()[:16]
 
 
+def key_shown(name: str, label: str) -> str:
+    """How every message and output names a key: its name and the API's masked label."""
+    return f"{name} ({label})" if label and label != name else name
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """One API key of an account, as `GET /keys` describes it. `id` is a digest of its hash
@@ -76,8 +81,7 @@ class ApiKey:
 
     @property
     def shown(self) -> str:
-        """How every message and output names the key: its name and the API's masked label."""
-        return f"{self.name} ({self.label})" if self.label and self.label != self.name else self.name
+        return key_shown(self.name, self.label)
 
     @property
     def remaining(self) -> float | None:
@@ -230,7 +234,7 @@ class KeyRecord:
 
     @property
     def shown(self) -> str:
-        return f"{self.name} ({self.label})" if self.label and self.label != self.name else self.name
+        return key_shown(self.name, self.label)
 
 
 @dataclass(frozen=True, slots=True)

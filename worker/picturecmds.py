@@ -8,12 +8,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from worker import db, store
 from worker.chartrender import chart_format, write_chart
-from worker.commands import _account, _require_schema, load, parse_since
-from worker.domain import Reading
+from worker.commands import _account, history_of, load, parse_since
 from worker.errors import UsageError
 from worker.settings_base import DEFAULT_ACCOUNT
 
@@ -28,13 +24,7 @@ def cmd_chart(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int
     chart_format(output)  # a wrong extension is a usage error before anything is read
     app = load(args, environ)
     account = _account(app, args.account)
-    _require_schema(app)
-    now = db.now_utc()
-    try:
-        with app.deps.sessions() as session:
-            readings: list[Reading] = store.history_between(session, account, now - since, now)
-    except SQLAlchemyError as err:
-        raise app.database_problem(err) from None
+    readings, now = history_of(app, account, since)
     # The title names the account when there is a choice of accounts.
     named = account if len(app.settings.watched) > 1 or account != DEFAULT_ACCOUNT else None
     return 0, write_chart(readings, now, since, output, named)
