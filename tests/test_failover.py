@@ -225,7 +225,9 @@ def test_a_leader_frozen_past_its_lease_wakes_up_writing_nothing(
     # A slow API: the leader spends most of each tick inside its fetch, so the freeze lands
     # mid-tick and the woken leader tries to store a reading stamped before the freeze.
     fake_api.set_default(Resp.credits(100.0, 95.0, delay=0.7))
-    alerts = 'repeat_interval = "1s"\nsend_timeout = "2s"'
+    # send_timeout bounds a send's child process, its start-up included: 2 s was too tight on a
+    # loaded CI machine (sends timed out, backed off, and the reminders came too late).
+    alerts = 'repeat_interval = "1s"\nsend_timeout = "4s"'
     [first] = start_replicas(start_cli, tmp_path, 1, fake_api, pg_url, webhook.apprise_url(), alerts=alerts)
     assert one_leader([first], 60) is first
     [second] = start_replicas(start_cli, tmp_path, 1, fake_api, pg_url, webhook.apprise_url(), first=1,
@@ -240,7 +242,7 @@ def test_a_leader_frozen_past_its_lease_wakes_up_writing_nothing(
         took = time.monotonic() - frozen_at
         assert took <= BOUND, f"the frozen leader was replaced after {took:.1f}s"
         # The frozen leader's claim (if it froze mid-send) lapses after send_timeout + 15 s.
-        wait_until(lambda: len([a for a in arrivals(webhook) if a[0] > frozen_at]) >= 3, 40,
+        wait_until(lambda: len([a for a in arrivals(webhook) if a[0] > frozen_at]) >= 3, 60,
                    "reminders from the new leader")
     finally:
         first.proc.send_signal(signal.SIGCONT)
